@@ -1,0 +1,146 @@
+"""Aggregation rules: pure functions over client tensors, chosen by tensor name and mask kind.
+
+Each client tensor is keyed ``<group>/<name>`` (see ``checkpoint``). A rule reduces the stacked
+client values ``x`` [N, ...] with example counts ``w`` [N] to one tensor; ``finalize`` then turns
+the reduced value into the global tensor of that group:
+
+- ``mask/*`` of ``bernoulli`` clients -> ``probs/*`` = reduced value clamped to [ε, 1-ε]
+- ``mask/*`` of ``threshold`` clients -> ``mask/*`` = reduced value >= 0.5 (weighted majority; ties keep)
+- ``scale/*``, ``head/*`` -> the reduced value
+
+Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median), ``trimmed_mean``
+(drop the ⌊βN⌋ lowest and highest values per coordinate, weighted mean of the rest) and ``capped``
+(example-weighted mean with each client's share of the weight capped). ``mean`` and ``capped`` are
+linear, so :class:`RunningMean` computes them one client at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .mask.functions import clamp_probs
+
+RULES = ("mean", "median", "trimmed_mean", "capped")
+STREAMING_RULES = ("mean", "capped")
+
+
+def weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ w_i x_i / Σ w_i over the first dimension."""
+    w = w.to(torch.float64)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return ((x.to(torch.float64) * w.view(shape)).sum(0) / w.sum()).float()
+
+
+def weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise weighted median; at an exact half split, the midpoint of the two middle values."""
+    values, order = torch.sort(x.to(torch.float64), dim=0, stable=True)
+    cum = torch.cumsum(w.to(torch.float64)[order], dim=0)
+    half = cum[-1] / 2
+    lower = torch.gather(values, 0, (cum < half).sum(0, keepdim=True)).squeeze(0)
+    upper = torch.gather(values, 0, (cum <= half).sum(0, keepdim=True).clamp(max=x.shape[0] - 1)).squeeze(0)
+    return ((lower + upper) / 2).float()
+
+
+def trimmed_mean(x: torch.Tensor, w: torch.Tensor, beta: float) -> torch.Tensor:
+    """Drop the ⌊βN⌋ smallest and largest values per coordinate; weighted mean of the rest."""
+    n = x.shape[0]
+    k = math.floor(beta * n)
+    if n - 2 * k < 1:
+        raise ValueError(f"trim ratio {beta} leaves no client of {n}")
+    values, order = torch.sort(x.to(torch.float64), dim=0, stable=True)
+    weights = w.to(torch.float64)[order]
+    kept_v, kept_w = values[k : n - k], weights[k : n - k]
+    return ((kept_v * kept_w).sum(0) / kept_w.sum(0)).float()
+
+
+def capped_weights(w: torch.Tensor, max_share: float) -> torch.Tensor:
+    """Lower the largest weights to a common cap c so that no client holds more than ``max_share``
+    of the new total (equal weights when ``max_share * N <= 1``, where no such cap exists)."""
+    w = w.to(torch.float64)
+    n = w.numel()
+    if max_share * n <= 1.0:
+        return torch.ones_like(w)
+    ordered, order = torch.sort(w, descending=True)
+    for k in range(n):
+        rest = ordered[k:].sum()
+        cap = max_share * rest / (1.0 - max_share * k)
+        if ordered[k] <= cap:
+            out = ordered.clone()
+            out[:k] = cap
+            return torch.empty_like(w).scatter_(0, order, out)
+    return torch.ones_like(w)
+
+
+def reduce(rule: str, x: torch.Tensor, w: torch.Tensor, *, trim_ratio: float = 0.1, max_share: float = 1.0) -> torch.Tensor:
+    """Apply one aggregation rule to stacked client values."""
+    if rule == "mean":
+        return weighted_mean(x, w)
+    if rule == "capped":
+        return weighted_mean(x, capped_weights(w, max_share))
+    if rule == "median":
+        return weighted_median(x, w)
+    if rule == "trimmed_mean":
+        return trimmed_mean(x, w, trim_ratio)
+    raise ValueError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
+
+
+def global_key(client_key: str, kind: str) -> str:
+    """The global tensor a client tensor aggregates into."""
+    group, _, name = client_key.partition("/")
+    return f"probs/{name}" if (group == "mask" and kind == "bernoulli") else client_key
+
+
+def finalizer(client_key: str, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How a reduced client value becomes the global tensor (keyed by tensor name and kind)."""
+    group = client_key.partition("/")[0]
+    if group == "mask" and kind == "bernoulli":
+        return clamp_probs
+    if group == "mask":
+        return lambda reduced: reduced >= 0.5
+    return lambda reduced: reduced
+
+
+def finalize(sums: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Global tensors from reduced client values."""
+    return {global_key(k, kind): finalizer(k, kind)(v) for k, v in sums.items()}
+
+
+def aggregate_stacked(
+    clients: list[dict[str, torch.Tensor]],
+    weights: list[float],
+    kind: str,
+    rule: str = "mean",
+    *,
+    trim_ratio: float = 0.1,
+    max_share: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Aggregate decoded client tensors (all in memory) into global tensors."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    reduced = {
+        key: reduce(rule, torch.stack([c[key].float() for c in clients]), w, trim_ratio=trim_ratio, max_share=max_share)
+        for key in clients[0]
+    }
+    return finalize(reduced, kind)
+
+
+class RunningMean:
+    """Example-weighted mean of client tensors, accumulated one client at a time (memory O(model))."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.total = 0.0
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        for key, value in tensors.items():
+            term = value.to(torch.float64) * weight
+            if key in self.sums:
+                self.sums[key] += term
+            else:
+                self.sums[key] = term
+        self.total += weight
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {k: (v / self.total).float() for k, v in self.sums.items()}

@@ -1,0 +1,401 @@
+"""The checkpoint file format: one safetensors file per artifact. Write, read, validate.
+
+Tensor keys (``<group>/<name>``):
+
+==================  =====================================  ==========================================
+key                 stored as                              present in
+==================  =====================================  ==========================================
+``probs/<module>``  float32, the weight's shape            bernoulli globals
+``mask/<module>``   uint8, 8 weights per byte (``packed``)  threshold globals; bernoulli/threshold
+                    or one per weight (``none``)           client uploads
+``code/<module>``   uint8 entropy-coded stream (``coded``)  client uploads coded against their global
+``scale/<module>``  float32, (out_features,)               scaling globals and uploads
+``head/<param>``    float32, the parameter's shape          every file
+==================  =====================================  ==========================================
+
+The safetensors header's ``__metadata__`` holds one key, ``supermask``: a JSON object
+validated by :class:`FileMeta`. Nothing is ever unpickled; every size, key, dtype, shape and
+value is checked before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import coding, storage
+from .errors import CheckpointError, SupermaskError
+
+FORMAT_NAME = "supermask"
+FORMAT_VERSION = 1
+META_KEY = "supermask"
+MAX_FILE_BYTES = 8 * 1024**3
+MAX_HEADER_BYTES = 8 * 1024**2
+MAX_ENTRIES = 20_000
+# Threshold uploads are coded against the global mask: a bit equal to the global one has
+# probability 1 - flip_rate, where the client's measured flip rate is clamped into this range.
+FLIP_RATE_RANGE = (1e-6, 0.5)
+
+GROUPS = ("probs", "mask", "code", "scale", "head")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class BaseModelMeta(_Strict):
+    name: str
+    revision: str | None
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TargetMeta(_Strict):
+    shape: list[int] = Field(min_length=2, max_length=2)
+    out_features: int = Field(ge=1)
+
+
+class ClientRecord(_Strict):
+    client: int
+    num_examples: int
+    digest: str
+    bytes: int
+    mask_bits: int
+
+
+class DroppedRecord(_Strict):
+    file: str
+    reason: str
+
+
+class AggregationMeta(_Strict):
+    rule: str
+    clients: list[ClientRecord]
+    dropped: list[DroppedRecord]
+
+
+class FileMeta(_Strict):
+    """Everything needed to check a file against its run, round, global and base model."""
+
+    format: Literal["supermask"]
+    format_version: int
+    kind: Literal["bernoulli", "threshold", "scaling"]
+    role: Literal["global", "client"]
+    round: int = Field(ge=0)
+    client: int | None = Field(default=None, ge=0)
+    num_examples: int = Field(ge=0)
+    base_model: BaseModelMeta
+    targets: dict[str, TargetMeta] = Field(min_length=1)
+    head: dict[str, list[int]]
+    labels: list[str] | None
+    config_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    parent_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    encoding: Literal["packed", "coded", "none", "float"]
+    coding_flip_rate: float | None = None
+    mask_bits: int = Field(ge=0)
+    aggregation: AggregationMeta | None = None
+    created_by: str
+
+    @property
+    def num_weights(self) -> int:
+        """Number of masked weights (elements of every target weight)."""
+        return sum(math.prod(t.shape) for t in self.targets.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Mask payload bits divided by the number of masked weights."""
+        return self.mask_bits / max(self.num_weights, 1)
+
+
+class Checkpoint(BaseModel):
+    """A checkpoint in memory: metadata plus decoded tensors.
+
+    Decoded tensors: ``probs/*`` float32, ``mask/*`` bool (the weight's shape), ``scale/*`` and
+    ``head/*`` float32."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    meta: FileMeta
+    tensors: dict[str, torch.Tensor]
+    digest: str = ""
+    path: str = ""
+    size: int = 0
+
+    def group(self, group: str) -> dict[str, torch.Tensor]:
+        """The tensors of one group keyed by module or parameter name."""
+        prefix = group + "/"
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def module_densities(self) -> dict[str, float]:
+        """Density of each target module's mask (mean of probs for bernoulli globals; 1.0 for scaling)."""
+        out: dict[str, float] = {}
+        for name in self.meta.targets:
+            if f"mask/{name}" in self.tensors:
+                out[name] = float(self.tensors[f"mask/{name}"].float().mean())
+            elif f"probs/{name}" in self.tensors:
+                out[name] = float(self.tensors[f"probs/{name}"].mean())
+            else:
+                out[name] = 1.0
+        return out
+
+    def density(self) -> float:
+        """Weighted density over every masked weight."""
+        densities = self.module_densities()
+        total = self.meta.num_weights
+        return sum(densities[n] * math.prod(t.shape) for n, t in self.meta.targets.items()) / max(total, 1)
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def reference_probs(meta: FileMeta, name: str, reference: Checkpoint) -> torch.Tensor:
+    """The probabilities a client mask of module ``name`` is coded against, from its global."""
+    if meta.kind == "bernoulli":
+        return reference.tensors[f"probs/{name}"]
+    rate = min(max(meta.coding_flip_rate or 0.0, FLIP_RATE_RANGE[0]), FLIP_RATE_RANGE[1])
+    return torch.where(reference.tensors[f"mask/{name}"], 1.0 - rate, rate).float()
+
+
+def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
+    if meta.kind == "scaling":
+        return ("scale", "head")
+    if meta.role == "global":
+        return ("probs", "head") if meta.kind == "bernoulli" else ("mask", "head")
+    return ("code" if meta.encoding == "coded" else "mask", "head")
+
+
+def _expected_encoding(meta: FileMeta) -> set[str]:
+    if meta.kind == "scaling" or (meta.role == "global" and meta.kind == "bernoulli"):
+        return {"float"}
+    if meta.role == "global":
+        return {"packed"}
+    return {"packed", "coded", "none"}
+
+
+def encode_tensors(
+    meta: FileMeta, tensors: dict[str, torch.Tensor], reference: Checkpoint | None
+) -> dict[str, torch.Tensor]:
+    """Decoded tensors -> the tensors stored in the file, per ``meta.encoding``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        group, _, name = key.partition("/")
+        if group != "mask":
+            out[key] = value.detach().float().contiguous().cpu()
+        elif meta.encoding == "packed":
+            out[key] = coding.pack_bits(value)
+        elif meta.encoding == "none":
+            out[key] = value.to(torch.uint8).contiguous().cpu()
+        else:
+            if reference is None:
+                raise SupermaskError("a coded mask needs the global it is coded against")
+            blob = coding.encode_mask(value, reference_probs(meta, name, reference))
+            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return out
+
+
+def payload_bits(stored: dict[str, torch.Tensor]) -> int:
+    """Upload bits of the mask payload: mask, code and scale tensors (not the head)."""
+    return sum(
+        t.numel() * t.element_size() * 8
+        for k, t in stored.items()
+        if k.split("/", 1)[0] in ("mask", "code", "scale")
+    )
+
+
+def serialize(meta: FileMeta, stored: dict[str, torch.Tensor]) -> bytes:
+    """Bytes of a safetensors file holding ``stored`` with ``meta`` in its header (deterministic)."""
+    text = json.dumps(meta.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    ordered = {k: stored[k] for k in sorted(stored)}
+    return st_save(ordered, metadata={META_KEY: text})
+
+
+def save_checkpoint(path: str, meta: FileMeta, stored: dict[str, torch.Tensor], *, force: bool = False) -> str:
+    """Atomically write a checkpoint of already-encoded tensors; returns the file's digest."""
+    data = serialize(meta, stored)
+    storage.write_atomic(path, data, force=force)
+    return file_digest(data)
+
+
+def _fail(path: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {reason}")
+
+
+def parse_header(data: bytes, path: str) -> tuple[dict, int]:
+    """Check and parse the safetensors header before anything else touches the bytes."""
+    if len(data) < 8:
+        raise _fail(path, "not a safetensors file (too short; an empty or truncated upload?)")
+    length = int.from_bytes(data[:8], "little")
+    if length > MAX_HEADER_BYTES:
+        raise _fail(path, f"not a safetensors file (header claims {length} bytes, limit {MAX_HEADER_BYTES})")
+    if 8 + length > len(data):
+        raise _fail(path, "truncated (header runs past the end of the file)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _fail(path, "not a safetensors file (header is not JSON; a pickle or another format?)") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "not a safetensors file (header is not a JSON object)")
+    if len(header) > MAX_ENTRIES:
+        raise _fail(path, f"header lists {len(header)} entries, limit {MAX_ENTRIES}")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise _fail(path, f"tensor {key!r} has malformed offsets")
+        end = max(end, offsets[1])
+    if 8 + length + end != len(data):
+        raise _fail(path, f"truncated or padded: tensors need {8 + length + end} bytes, file has {len(data)}")
+    return header, length
+
+
+def parse_meta(header: dict, path: str) -> FileMeta:
+    raw = header.get("__metadata__")
+    if not isinstance(raw, dict) or META_KEY not in raw:
+        raise _fail(path, "not a supermask checkpoint (no 'supermask' metadata in the safetensors header)")
+    try:
+        meta = FileMeta.model_validate_json(raw[META_KEY])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        raise _fail(path, f"bad metadata field '{where}': {err['msg']}") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise _fail(path, f"format version {meta.format_version}; this supermask reads version {FORMAT_VERSION}")
+    if meta.encoding not in _expected_encoding(meta):
+        raise _fail(path, f"encoding {meta.encoding!r} is not valid for a {meta.kind} {meta.role} file")
+    if (meta.role == "client") != (meta.client is not None):
+        raise _fail(path, "metadata 'client' must be set for client files and only for them")
+    if meta.encoding == "coded" and meta.kind == "threshold" and meta.coding_flip_rate is None:
+        raise _fail(path, "coded threshold file lacks 'coding_flip_rate'")
+    return meta
+
+
+def _expected_spec(meta: FileMeta) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
+    """Every key the file must hold with its dtype and shape (None: 1-D of any length)."""
+    spec: dict[str, tuple[torch.dtype, tuple[int, ...] | None]] = {}
+    groups = _expected_groups(meta)
+    for name, target in meta.targets.items():
+        numel = math.prod(target.shape)
+        if "probs" in groups:
+            spec[f"probs/{name}"] = (torch.float32, tuple(target.shape))
+        if "scale" in groups:
+            spec[f"scale/{name}"] = (torch.float32, (target.out_features,))
+        if "mask" in groups:
+            shape = (math.ceil(numel / 8),) if meta.encoding == "packed" else tuple(target.shape)
+            spec[f"mask/{name}"] = (torch.uint8, shape)
+        if "code" in groups:
+            spec[f"code/{name}"] = (torch.uint8, None)
+    for name, shape in meta.head.items():
+        spec[f"head/{name}"] = (torch.float32, tuple(shape))
+    return spec
+
+
+def _check_tensors(meta: FileMeta, header: dict, path: str) -> None:
+    spec = _expected_spec(meta)
+    present = {k for k in header if k != "__metadata__"}
+    missing = sorted(set(spec) - present)
+    extra = sorted(present - set(spec))
+    if missing:
+        raise _fail(path, f"missing tensor {missing[0]!r} ({len(missing)} missing)")
+    if extra:
+        raise _fail(path, f"unexpected tensor {extra[0]!r} (a mask file never holds base weights)")
+    dtype_names = {torch.float32: "F32", torch.uint8: "U8"}
+    for key, (dtype, shape) in spec.items():
+        entry = header[key]
+        if entry.get("dtype") != dtype_names[dtype]:
+            raise _fail(path, f"tensor {key!r} has dtype {entry.get('dtype')}, expected {dtype_names[dtype]}")
+        got = tuple(entry.get("shape", ()))
+        if shape is None:
+            if len(got) != 1:
+                raise _fail(path, f"tensor {key!r} must be 1-D")
+        elif got != shape:
+            raise _fail(path, f"tensor {key!r} has shape {list(got)}, expected {list(shape)}")
+
+
+def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in stored.items():
+        group, _, name = key.partition("/")
+        if group in ("probs", "scale", "head"):
+            if not torch.isfinite(value).all():
+                raise _fail(path, f"tensor {key!r} holds NaN or Inf")
+            if group == "probs" and ((value < 0) | (value > 1)).any():
+                raise _fail(path, f"tensor {key!r} holds probabilities outside [0, 1]")
+            out[key] = value
+        elif group == "mask":
+            shape = meta.targets[name].shape
+            if meta.encoding == "packed":
+                out[key] = coding.unpack_bits(value, shape)
+            else:
+                if (value > 1).any():
+                    raise _fail(path, f"tensor {key!r} holds values other than 0 and 1")
+                out[key] = value.bool()
+        else:
+            if reference is None:
+                raise _fail(path, "is entropy-coded; decoding it needs the global it was coded against")
+            probs = reference_probs(meta, name, reference)
+            try:
+                out[f"mask/{name}"] = coding.decode_mask(value.numpy().tobytes(), probs)
+            except CheckpointError as exc:
+                raise _fail(path, f"tensor {key!r} does not decode: {exc}") from None
+    return out
+
+
+def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkpoint:
+    """Parse and validate checkpoint bytes; coded client files need their ``reference`` global."""
+    header, _ = parse_header(data, path)
+    meta = parse_meta(header, path)
+    _check_tensors(meta, header, path)
+    if reference is not None and meta.encoding == "coded" and meta.parent_digest != reference.digest:
+        raise _fail(path, "was coded against another global (parent digest differs); re-run train-client")
+    try:
+        stored = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for malformed data
+        raise _fail(path, f"unreadable safetensors data ({type(exc).__name__})") from None
+    tensors = _decode(meta, stored, reference, path)
+    return Checkpoint(meta=meta, tensors=tensors, digest=file_digest(data), path=path, size=len(data))
+
+
+def load_checkpoint(path: str, reference: Checkpoint | None = None, max_bytes: int = MAX_FILE_BYTES) -> Checkpoint:
+    """Read, check and decode a checkpoint file (local path or fsspec URL)."""
+    try:
+        data = storage.read_bytes(path, max_bytes, what="checkpoint")
+    except CheckpointError:
+        raise
+    except SupermaskError as exc:
+        raise CheckpointError(str(exc)) from None
+    return loads(data, path, reference)
+
+
+def read_meta(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileMeta:
+    """Only the metadata of a checkpoint (reads the header, not the tensors)."""
+    try:
+        fs, p = storage.filesystem(path)
+        if not fs.isfile(p):
+            raise _fail(path, "not found")
+        size = fs.size(p)
+        if size is not None and size > max_bytes:
+            raise _fail(path, f"is {size} bytes, over the {max_bytes}-byte limit")
+        with fs.open(p, "rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+            if len(prefix) < 8 or length > MAX_HEADER_BYTES:
+                raise _fail(path, "not a safetensors file (bad header length)")
+            body = handle.read(length)
+    except OSError as exc:
+        raise _fail(path, f"could not be read ({exc})") from None
+    try:
+        header = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _fail(path, "not a safetensors file (header is not JSON; a pickle or another format?)") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "not a safetensors file (header is not a JSON object)")
+    return parse_meta(header, path)

@@ -1,0 +1,267 @@
+"""The ``supermask`` command line: each command parses options and calls one workflow."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config, load_config
+from .errors import SupermaskError
+from .progress import console as err_console
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+    help="Federated supermask fine-tuning: frozen pretrained weights, learned masks, rounds chained through files.",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config value: key.sub=value (repeatable).")
+]
+RoundOpt = Annotated[Optional[int], typer.Option("--round", "-r", help="Round (default: latest with a global file).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SupermaskError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; outputs are written atomically, re-run the command to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _config(path: Path, overrides: list[str] | None) -> Config:
+    return load_config(path, overrides or [])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for key in rows[0] if rows else []:
+        table.add_column(key, justify="right" if key != "module" else "left")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    return table
+
+
+@app.command()
+@user_errors
+def init(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Write the global here instead of the run dir.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Write the resolved config and round 0's global file (the pretrained model, every weight kept).
+
+    Example: `supermask init --config configs/sst2_minilm_offline.yaml`
+    """
+    from . import workflows
+
+    result, cfg = workflows.init(_config(config, set_), out=out_path, force=force)
+    for pattern, count in result.target_counts.items():
+        out.print(f"target pattern {pattern!r} matched {count} modules", highlight=False)
+    out.print(f"{result.num_targets} target modules, {result.num_weights:,} masked weights")
+    out.print(f"labels: {result.label_names if result.label_names else 'regression'}")
+    out.print(f"wrote {result.path} (sha256 {result.digest[:12]}), kind {cfg.mask.kind}")
+
+
+@app.command("train-client")
+@user_errors
+def train_client(
+    config: ConfigOpt,
+    client: Annotated[int, typer.Option("--client", "-i", help="Client id, 0..num_clients-1.")],
+    set_: SetOpt = None,
+    rnd: RoundOpt = None,
+    global_path: Annotated[Optional[str], typer.Option("--global", help="Global file to train from.")] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write the upload.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train one client's mask and head on its own data and write its upload file.
+
+    Example: `supermask train-client --config configs/glue_sst2.yaml --client 3`
+    """
+    from . import workflows
+
+    r = workflows.train_client(_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force)
+    out.print(_table(f"round {r.round} client {r.client}", [{
+        "examples": r.num_examples, "steps": r.steps, "loss": r.mean_loss, "final loss": r.final_loss,
+        "ex/s": r.examples_per_s, "density": r.density, "bytes": r.bytes, "bits/weight": r.bits_per_weight,
+        "encoding": r.encoding, "seconds": r.seconds,
+    }]))
+    out.print(f"wrote {r.path}")
+
+
+@app.command()
+@user_errors
+def aggregate(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    rnd: RoundOpt = None,
+    global_path: Annotated[Optional[str], typer.Option("--global", help="The round's global file.")] = None,
+    clients: Annotated[
+        Optional[list[str]], typer.Option("--clients", help="Client files (repeatable; default: the round's clients/).")
+    ] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write the next global.")] = None,
+    aggregator: Annotated[
+        Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped (default: config).")
+    ] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid client files instead of failing.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Validate a round's client uploads and aggregate them into the next round's global.
+
+    Example: `supermask aggregate --config configs/glue_sst2.yaml --round 0`
+    """
+    from . import workflows
+    from .aggregate import RULES
+
+    if aggregator is not None and aggregator not in RULES:
+        raise SupermaskError(f"--aggregator {aggregator!r}: use one of {', '.join(RULES)}")
+    r = workflows.aggregate(
+        _config(config, set_), rnd=rnd, global_path=global_path, client_paths=clients, out=out_path,
+        force=force, skip_invalid=skip_invalid, rule=aggregator,
+    )
+    out.print(_table(f"aggregate round {r.round} -> {r.round + 1} ({r.rule})", [{
+        "clients": len(r.clients), "dropped": len(r.dropped), "examples": r.num_examples, "density": r.density,
+        "upload bytes": r.upload_bytes, "bits/weight": r.bits_per_weight, "seconds": r.seconds,
+    }]))
+    for d in r.dropped:
+        out.print(f"[yellow]dropped[/] {d.reason}", highlight=False)
+    out.print(f"wrote {r.path}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    rnd: RoundOpt = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="A global file to evaluate.")] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write metrics.json.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Evaluate a round's global on the eval data; write and print its metrics.
+
+    Example: `supermask eval --config configs/glue_sst2.yaml --round 1`
+    """
+    from . import workflows
+
+    metrics, path = workflows.evaluate(_config(config, set_), rnd=rnd, checkpoint_path=checkpoint, out=out_path, force=force)
+    keys = ["round", "num_examples", "loss", *[k for k in metrics if k in _METRICS], "density"]
+    out.print(_table(f"eval round {metrics['round']}", [{k: metrics[k] for k in keys}]))
+    out.print(f"wrote {path}")
+
+
+_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
+
+
+@app.command()
+@user_errors
+def run(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Run every round on this machine (init, clients, aggregate, eval); re-run to resume.
+
+    Example: `supermask run --config configs/sst2_minilm_offline.yaml`
+    """
+    from . import workflows
+
+    cfg = _config(config, set_)
+    main = workflows.metric_names(cfg)[0]
+    rows: list[dict[str, Any]] = []
+
+    def on_client(r: workflows.ClientResult) -> None:
+        err_console.print(
+            f"  round {r.round} client {r.client}: {r.num_examples} examples, loss {r.mean_loss:.4f}, "
+            f"{r.examples_per_s:.1f} ex/s, {r.bytes:,} bytes ({r.bits_per_weight:.3f} bits/weight)",
+            highlight=False,
+        )
+
+    def on_round(s: workflows.RoundSummary) -> None:
+        rows.append(s.row(main))
+        out.print(_table(f"{cfg.run_dir}", rows))
+
+    workflows.run(cfg, on_client=on_client, on_round=on_round)
+    out.print(f"metrics: {cfg.run_dir}/metrics.jsonl")
+
+
+@app.command()
+@user_errors
+def inspect(
+    file: Annotated[str, typer.Argument(help="Any supermask checkpoint (path or fsspec URL).")],
+    global_path: Annotated[
+        Optional[str], typer.Option("--global", help="The global a coded client file was coded against.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a checkpoint's metadata, per-module density and bits per weight.
+
+    Example: `supermask inspect runs/sst2/round_001/global.safetensors --json`
+    """
+    from . import workflows
+
+    info = workflows.inspect(file, global_path)
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    head = {k: info[k] for k in ("kind", "role", "round", "client", "num_examples", "density", "bits_per_weight",
+                                 "ideal_bits_per_weight", "encoding", "num_weights")}
+    out.print(_table(file, [head]))
+    out.print(_table("modules", info["modules"]))
+    if info["aggregation"]:
+        agg = info["aggregation"]
+        out.print(f"aggregated with {agg['rule']} from {len(agg['clients'])} clients; dropped {len(agg['dropped'])}")
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="A global file.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Directory for the Hugging Face model.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config (default: from the file).")] = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Bake a global mask into the weights and write a plain Hugging Face model directory.
+
+    Example: `supermask export --checkpoint runs/sst2/round_003/global.safetensors --out exported/`
+    """
+    from . import workflows
+
+    cfg = _config(config, set_) if config else None
+    mode = cfg.mask.eval if cfg else "expected"
+    info = workflows.export(checkpoint, out_dir, cfg=cfg, eval_mode=mode, force=force)
+    out.print(f"wrote {info['path']} ({info['kind']} round {info['round']}, {info['num_targets']} modules baked); "
+              "load it with AutoModelForSequenceClassification.from_pretrained")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,185 @@
+"""Config schema, YAML loading and ``--set`` overrides. Unknown keys are errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SupermaskError
+
+MaskKind = Literal["bernoulli", "threshold", "scaling"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "bert-base-uncased"
+    revision: str | None = None
+    max_length: int = Field(128, ge=8)
+    head_modules: list[str] | None = None
+
+
+class DataConfig(_Section):
+    source: Literal["auto", "hub", "local"] = "auto"
+    train_file: str | None = None
+    eval_file: str | None = None
+    client_train_file: str | None = None
+    text_fields: list[str] | None = None
+    label_field: str = "label"
+    label_names: list[str] | None = None
+    regression: bool = False
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+
+class MaskConfig(_Section):
+    kind: MaskKind = "bernoulli"
+    target_modules: str | list[str] | None = None
+    init_density: float = Field(0.99, gt=0.0, lt=1.0)
+    threshold: float = 0.01
+    init_score: float = 0.02
+    eval: Literal["expected", "sample"] = "expected"
+    encoding: Literal["auto", "none", "packed", "coded"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_threshold(self) -> MaskConfig:
+        if self.init_score <= self.threshold:
+            raise ValueError("mask.init_score must be above mask.threshold so the initial mask keeps every weight")
+        return self
+
+
+class FederationConfig(_Section):
+    num_clients: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1)
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0.0)
+    shards_per_client: int = Field(2, ge=1)
+    aggregator: Literal["mean", "median", "trimmed_mean", "capped"] = "mean"
+    trim_ratio: float = Field(0.1, ge=0.0, lt=0.5)
+    max_client_share: float = Field(0.25, gt=0.0, le=1.0)
+    min_clients: int = Field(1, ge=1)
+    max_client_examples: int = Field(10_000_000, ge=1)
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    head_lr: float = Field(1e-3, gt=0.0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    head_weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class Config(_Section):
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    task: str | None = None
+    data: DataConfig = DataConfig()
+    mask: MaskConfig = MaskConfig()
+    federation: FederationConfig = FederationConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# Sections that every participant of a run must agree on; their digest is recorded in
+# every checkpoint. Local choices (batch size, device, paths, learning rates) may differ.
+CONTRACT_KEYS = ("seed", "model", "task", "mask", "federation")
+
+
+def config_digest(cfg: Config) -> str:
+    """SHA-256 over the run's contract: the sections all clients and the server must share."""
+    dumped = cfg.model_dump(mode="json")
+    contract = {key: dumped[key] for key in CONTRACT_KEYS}
+    contract["mask"] = {k: v for k, v in contract["mask"].items() if k not in ("eval", "encoding")}
+    contract["labels"] = {k: dumped["data"][k] for k in ("text_fields", "label_field", "label_names", "regression")}
+    blob = json.dumps(contract, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML (numbers, booleans, null, lists) and keep strings as strings."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (in place) and return it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SupermaskError(f"--set {item!r}: expected key.sub=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SupermaskError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'; see README's config reference for valid keys"
+    return f"{source}: config key '{key}': {first['msg']}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a YAML config, apply ``--set`` overrides; errors name the file and key."""
+    raw: dict[str, Any] = {}
+    source = "--set overrides"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise SupermaskError(f"config file '{path}' not found; pass --config with an existing YAML file") from None
+        except OSError as exc:
+            raise SupermaskError(f"config file '{path}' could not be read: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise SupermaskError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise SupermaskError(f"{path}: a config must be a YAML mapping of keys to values")
+    apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise SupermaskError(_format_error(exc, source)) from None
+
+
+def config_from_dict(raw: dict[str, Any], source: str) -> Config:
+    """Validate a config mapping (e.g. from checkpoint metadata)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise SupermaskError(_format_error(exc, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

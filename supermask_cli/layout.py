@@ -1,0 +1,60 @@
+"""Where a run's files live: ``<run_dir>/round_RRR/{global.safetensors, clients/, metrics.json}``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import storage
+
+_ROUND = re.compile(r"^round_(\d{3,})$")
+CLIENT_FILE = re.compile(r"^client_(\d{3,})\.safetensors$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    run_dir: str
+
+    @property
+    def config(self) -> str:
+        return storage.join(self.run_dir, "config.yaml")
+
+    @property
+    def metrics_log(self) -> str:
+        return storage.join(self.run_dir, "metrics.jsonl")
+
+    def round_dir(self, rnd: int) -> str:
+        return storage.join(self.run_dir, f"round_{rnd:03d}")
+
+    def global_path(self, rnd: int) -> str:
+        return storage.join(self.round_dir(rnd), "global.safetensors")
+
+    def clients_dir(self, rnd: int) -> str:
+        return storage.join(self.round_dir(rnd), "clients")
+
+    def client_path(self, rnd: int, client: int) -> str:
+        return storage.join(self.clients_dir(rnd), f"client_{client:03d}.safetensors")
+
+    def metrics_path(self, rnd: int) -> str:
+        return storage.join(self.round_dir(rnd), "metrics.json")
+
+    def rounds(self) -> list[int]:
+        """Rounds that have a global file, ascending."""
+        found = []
+        for name in storage.listdir(self.run_dir):
+            match = _ROUND.match(name)
+            if match and storage.exists(self.global_path(int(match.group(1)))):
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def latest_round(self) -> int | None:
+        rounds = self.rounds()
+        return rounds[-1] if rounds else None
+
+    def client_files(self, rnd: int) -> list[str]:
+        """Client upload files of a round, sorted by name."""
+        return [
+            storage.join(self.clients_dir(rnd), name)
+            for name in storage.listdir(self.clients_dir(rnd))
+            if CLIENT_FILE.match(name)
+        ]

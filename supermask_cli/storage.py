@@ -1,0 +1,92 @@
+"""File access through fsspec (local paths, ``file://``, ``memory://``, ``s3://`` …) with atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import SupermaskError
+
+
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as exc:
+        raise SupermaskError(f"'{path}': unsupported storage URL ({exc})") from None
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', keeping any URL scheme of ``base``."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.exists(p)
+
+
+def listdir(path: str) -> list[str]:
+    """Base names in a directory; empty when it does not exist."""
+    fs, p = filesystem(path)
+    if not fs.isdir(p):
+        return []
+    return sorted(os.path.basename(entry.rstrip("/")) for entry in fs.ls(p, detail=False))
+
+
+def read_bytes(path: str, max_bytes: int, what: str = "file") -> bytes:
+    """Read a whole file, refusing (before reading) one larger than ``max_bytes``."""
+    fs, p = filesystem(path)
+    if not fs.isfile(p):
+        raise SupermaskError(f"{what} '{path}' not found")
+    size = fs.size(p)
+    if size is not None and size > max_bytes:
+        raise SupermaskError(f"{what} '{path}' is {size} bytes, over the {max_bytes}-byte limit")
+    with fs.open(p, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SupermaskError(f"{what} '{path}' is over the {max_bytes}-byte limit")
+    return data
+
+
+def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new one.
+
+    Local files: temporary file in the same directory, fsync, rename, fsync of the directory.
+    Object stores: a single PUT, which those stores make atomic. An existing file is kept
+    unless ``force``."""
+    fs, p = filesystem(path)
+    if not force and fs.exists(p):
+        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+    if isinstance(fs, LocalFileSystem):
+        directory = os.path.dirname(os.path.abspath(p))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if not force and os.path.exists(p):
+                raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    else:
+        parent = p.rsplit("/", 1)[0] if "/" in p else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(p, data)
+
+
+def write_text_atomic(path: str, text: str, *, force: bool = False) -> None:
+    write_atomic(path, text.encode(), force=force)

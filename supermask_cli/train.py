@@ -1,0 +1,145 @@
+"""The client's local training loop: scores (or scaling vectors) and the head; base weights frozen."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Examples
+from .mask.layer import MaskedLinear
+from .progress import step_progress
+
+# Learning rate of scores / scaling vectors per mask kind when ``train.lr`` is null. Adam moves a
+# score by about lr per step, so the gap between the initial score and the threshold sets the pace.
+DEFAULT_LR = {"bernoulli": 0.1, "threshold": 3e-4, "scaling": 1e-3}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int
+    max_steps: int | None
+    epochs: int
+    lr: float
+    head_lr: float
+    warmup_ratio: float
+    head_weight_decay: float
+    max_grad_norm: float | None
+    max_length: int
+    seed: int
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    examples: int
+    mean_loss: float
+    final_loss: float
+    seconds: float
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 (or fp16) on CUDA and none (fp32) on CPU."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def encode_batch(tokenizer, examples: Examples, indices: np.ndarray, max_length: int, device: torch.device) -> dict:
+    """Tokenize the examples at ``indices`` (one or two text fields), padded to the longest."""
+    columns = [[col[i] for i in indices] for col in examples.texts]
+    batch = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch["labels"] = torch.as_tensor(examples.labels[indices])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Index batches for ``steps`` steps: reshuffled passes over ``n`` examples, last partial batch kept."""
+    batches: list[np.ndarray] = []
+    while len(batches) < steps:
+        perm = torch.randperm(n, generator=generator).numpy()
+        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
+    return batches[:steps]
+
+
+def linear_schedule(total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return factor
+
+
+def train_masks(
+    model: nn.Module,
+    layers: dict[str, MaskedLinear],
+    head_params: list[nn.Parameter],
+    tokenizer,
+    examples: Examples,
+    settings: TrainSettings,
+    device: torch.device,
+    precision: str,
+    description: str,
+) -> TrainResult:
+    """Train mask scores (Adam) and the head (AdamW) with a linear warmup/decay schedule."""
+    n = len(examples)
+    steps = settings.max_steps or settings.epochs * math.ceil(n / settings.batch_size)
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # bernoulli samples and dropout
+    mask_params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
+    optimizers = [
+        torch.optim.Adam(mask_params, lr=settings.lr),
+        torch.optim.AdamW(head_params, lr=settings.head_lr, weight_decay=settings.head_weight_decay),
+    ]
+    factor = linear_schedule(steps, int(settings.warmup_ratio * steps))
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+    amp = autocast_dtype(device, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    model.train()
+    losses: list[float] = []
+    with step_progress(description, steps) as bar:
+        for indices in batch_order(n, settings.batch_size, steps, generator):
+            batch = encode_batch(tokenizer, examples, indices, settings.max_length, device)
+            with autocast(device, amp):
+                loss = model(**batch).loss
+            scaler.scale(loss).backward()
+            if settings.max_grad_norm is not None:
+                for opt, group in zip(optimizers, (mask_params, head_params)):
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(group, settings.max_grad_norm)
+            for opt, sched in zip(optimizers, schedulers):
+                scaler.step(opt)
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            scaler.update()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value}; lower train.lr or train.head_lr")
+            losses.append(value)
+            bar.advance(len(indices), value)
+    model.eval()
+    return TrainResult(
+        steps=steps,
+        examples=bar.examples,
+        mean_loss=float(np.mean(losses)),
+        final_loss=losses[-1],
+        seconds=bar.elapsed,
+    )
