@@ -650,6 +650,8 @@ def evaluate(
         "checkpoint_digest": gl.digest,
     }
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
+    if path == layout.metrics_path(rnd):
+        write_metrics_log(layout)
     return metrics, path
 
 
@@ -715,7 +717,6 @@ def run(
             metrics = json.loads(storage.read_bytes(layout.metrics_path(rnd), 1 << 20, what="metrics"))
         else:
             metrics, _ = evaluate(cfg, rnd=rnd)
-        write_metrics_log(layout)
         summary = RoundSummary(round=rnd, metrics=metrics)
         if rnd < cfg.federation.rounds:
             if not storage.exists(layout.global_path(rnd + 1)):

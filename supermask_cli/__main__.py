@@ -1,0 +1,5 @@
+"""``python -m supermask_cli`` runs the CLI."""
+
+from .cli import app
+
+app()
