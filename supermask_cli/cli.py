@@ -263,5 +263,26 @@ def export(
               "load it with AutoModelForSequenceClassification.from_pretrained")
 
 
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory.")],
+    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Other run directories to overlay (repeatable).")] = None,
+    out_path: Annotated[Optional[str], typer.Option("--out", help="Picture path (default: RUN_DIR/report.png).")] = None,
+) -> None:
+    """Print a run's per-round table and write report.png (metric, loss, upload size, final densities).
+
+    Example: `supermask report runs/sst2_minilm --compare runs/sst2_threshold`
+    """
+    from . import report as rep
+
+    histories = [rep.load_history(d) for d in [run_dir, *(compare or [])]]
+    for h in histories:
+        out.print(_table(h.run_dir, rep.table_rows(h)))
+    path = out_path or f"{run_dir.rstrip('/')}/report.png"
+    rep.plot(histories, path)
+    out.print(f"wrote {path}")
+
+
 def main() -> None:
     app()

@@ -1,0 +1,92 @@
+"""``supermask report``: a run's per-round table and a picture (metric, loss, upload size, final densities)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import checkpoint, storage
+from .errors import SupermaskError
+from .layout import Layout
+
+MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
+
+
+@dataclass
+class RunHistory:
+    run_dir: str
+    rows: list[dict[str, Any]]
+    final_densities: dict[str, float]
+
+    @property
+    def metric(self) -> str:
+        for name in MAIN_METRICS:
+            if self.rows and name in self.rows[0]:
+                return name
+        return "loss"
+
+
+def load_history(run_dir: str) -> RunHistory:
+    """Per-round metrics and upload statistics of a run directory."""
+    layout = Layout(run_dir)
+    rounds = layout.rounds()
+    if not rounds:
+        raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors; is it a run directory?")
+    rows: list[dict[str, Any]] = []
+    for rnd in rounds:
+        if not storage.exists(layout.metrics_path(rnd)):
+            continue
+        row = json.loads(storage.read_bytes(layout.metrics_path(rnd), 1 << 20, what="metrics"))
+        if rnd + 1 in rounds:
+            meta = checkpoint.read_meta(layout.global_path(rnd + 1))
+            if meta.aggregation:
+                clients = meta.aggregation.clients
+                row["upload_bytes"] = sum(c.bytes for c in clients)
+                row["bits_per_weight"] = sum(c.mask_bits for c in clients) / max(len(clients), 1) / meta.num_weights
+        rows.append(row)
+    if not rows:
+        raise SupermaskError(f"'{run_dir}' has no metrics.json yet; run `supermask eval` or `supermask run`")
+    final = checkpoint.load_checkpoint(layout.global_path(rounds[-1]))
+    return RunHistory(run_dir=run_dir, rows=rows, final_densities=final.module_densities())
+
+
+def table_rows(history: RunHistory) -> list[dict[str, Any]]:
+    keys = ["round", history.metric, "loss", "density", "upload_bytes", "bits_per_weight"]
+    return [{k: row.get(k) for k in keys} for row in history.rows]
+
+
+def plot(histories: list[RunHistory], path: str) -> None:
+    """Write the report picture: metric and loss per round, upload size per round, final densities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    (ax_metric, ax_loss), (ax_upload, ax_density) = axes
+    for h in histories:
+        rounds = [r["round"] for r in h.rows]
+        label = h.run_dir.rstrip("/").rsplit("/", 1)[-1]
+        ax_metric.plot(rounds, [r.get(h.metric) for r in h.rows], marker="o", label=label)
+        ax_loss.plot(rounds, [r.get("loss") for r in h.rows], marker="o", label=label)
+        up = [(r["round"], r["bits_per_weight"]) for r in h.rows if r.get("bits_per_weight") is not None]
+        if up:
+            ax_upload.plot([u[0] for u in up], [u[1] for u in up], marker="o", label=label)
+        names = list(h.final_densities)
+        ax_density.plot(range(len(names)), [h.final_densities[n] for n in names], marker=".", label=label)
+    metric = histories[0].metric
+    ax_metric.set(title=f"eval {metric} per round", xlabel="round", ylabel=metric)
+    ax_loss.set(title="eval loss per round", xlabel="round", ylabel="loss")
+    ax_upload.set(title="mean client upload per round", xlabel="round", ylabel="bits per masked weight")
+    ax_density.set(title="final global density per target module", xlabel="target module (model order)", ylabel="density")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax is not ax_density:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    buffer = __import__("io").BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_atomic(path, buffer.getvalue(), force=True)
