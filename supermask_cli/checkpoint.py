@@ -238,7 +238,7 @@ def parse_header(data: bytes, path: str) -> tuple[dict, int]:
         raise _fail(path, "truncated (header runs past the end of the file)")
     try:
         header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # also huge integers and deeply nested arrays
         raise _fail(path, "not a safetensors file (header is not JSON; a pickle or another format?)") from None
     if not isinstance(header, dict):
         raise _fail(path, "not a safetensors file (header is not a JSON object)")
@@ -275,6 +275,8 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "metadata 'client' must be set for client files and only for them")
     if meta.encoding == "coded" and meta.kind == "threshold" and meta.coding_flip_rate is None:
         raise _fail(path, "coded threshold file lacks 'coding_flip_rate'")
+    if meta.coding_flip_rate is not None and not math.isfinite(meta.coding_flip_rate):
+        raise _fail(path, "metadata 'coding_flip_rate' is not a finite number")
     return meta
 
 
@@ -312,7 +314,10 @@ def _check_tensors(meta: FileMeta, header: dict, path: str) -> None:
         entry = header[key]
         if entry.get("dtype") != dtype_names[dtype]:
             raise _fail(path, f"tensor {key!r} has dtype {entry.get('dtype')}, expected {dtype_names[dtype]}")
-        got = tuple(entry.get("shape", ()))
+        got = entry.get("shape")
+        if not (isinstance(got, list) and all(isinstance(d, int) for d in got)):
+            raise _fail(path, f"tensor {key!r} has a malformed shape")
+        got = tuple(got)
         if shape is None:
             if len(got) != 1:
                 raise _fail(path, f"tensor {key!r} must be 1-D")
@@ -333,7 +338,10 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
         elif group == "mask":
             shape = meta.targets[name].shape
             if meta.encoding == "packed":
-                out[key] = coding.unpack_bits(value, shape)
+                try:
+                    out[key] = coding.unpack_bits(value, shape)
+                except CheckpointError as exc:
+                    raise _fail(path, f"tensor {key!r} does not unpack: {exc}") from None
             else:
                 if (value > 1).any():
                     raise _fail(path, f"tensor {key!r} holds values other than 0 and 1")
@@ -356,6 +364,10 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
     _check_tensors(meta, header, path)
     if reference is not None and meta.encoding == "coded" and meta.parent_digest != reference.digest:
         raise _fail(path, "was coded against another global (parent digest differs); re-run train-client")
+    if reference is not None and meta.encoding == "coded" and (
+        meta.kind != reference.meta.kind or meta.targets != reference.meta.targets
+    ):
+        raise _fail(path, "its mask kind or target modules differ from the global it is coded against")
     try:
         stored = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data
@@ -386,15 +398,19 @@ def read_meta(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileMeta:
             raise _fail(path, f"is {size} bytes, over the {max_bytes}-byte limit")
         with fs.open(p, "rb") as handle:
             prefix = handle.read(8)
-            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
-            if len(prefix) < 8 or length > MAX_HEADER_BYTES:
-                raise _fail(path, "not a safetensors file (bad header length)")
+            if len(prefix) < 8:
+                raise _fail(path, "not a safetensors file (too short; an empty or truncated upload?)")
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_HEADER_BYTES:
+                raise _fail(path, f"not a safetensors file (header claims {length} bytes, limit {MAX_HEADER_BYTES})")
             body = handle.read(length)
+            if len(body) < length:
+                raise _fail(path, "truncated (header runs past the end of the file)")
     except OSError as exc:
         raise _fail(path, f"could not be read ({exc})") from None
     try:
         header = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # also huge integers and deeply nested arrays
         raise _fail(path, "not a safetensors file (header is not JSON; a pickle or another format?)") from None
     if not isinstance(header, dict):
         raise _fail(path, "not a safetensors file (header is not a JSON object)")
