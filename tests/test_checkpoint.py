@@ -1,0 +1,267 @@
+"""Tests for supermask_cli.checkpoint: bit-exact round trips, file contents, overwrite rules, URLs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import torch
+import yaml
+
+from supermask_cli import checkpoint, workflows
+from supermask_cli.checkpoint import FileMeta, load_checkpoint, loads, save_checkpoint, serialize
+from supermask_cli.config import load_config
+from supermask_cli.errors import CheckpointError, SupermaskError
+
+KINDS = ("bernoulli", "threshold", "scaling")
+ALLOWED_GROUPS = ("probs/", "mask/", "code/", "scale/", "head/")
+
+
+@pytest.fixture(scope="module")
+def globals_by_kind(tmp_path_factory, tiny_model, tiny_data):
+    """kind -> (init result, loaded global checkpoint, resolved config)."""
+    from conftest import tiny_config_dict
+
+    root = tmp_path_factory.mktemp("ckpt_globals")
+    out = {}
+    for kind in KINDS:
+        path = root / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(tiny_config_dict(root / f"run_{kind}", tiny_model, tiny_data, kind)))
+        result, cfg = workflows.init(load_config(path))
+        out[kind] = (result, load_checkpoint(result.path), cfg)
+    return out
+
+
+def _random_tensors(meta: FileMeta, seed: int = 0, as_client: bool = False) -> dict[str, torch.Tensor]:
+    """Decoded tensors for ``meta``: random masks / probs / scales and head."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, target in meta.targets.items():
+        if meta.kind == "scaling":
+            out[f"scale/{name}"] = torch.randn(target.out_features, generator=g)
+        elif meta.kind == "bernoulli" and not as_client:
+            out[f"probs/{name}"] = torch.rand(target.shape, generator=g)
+        else:
+            out[f"mask/{name}"] = torch.rand(target.shape, generator=g) < 0.7
+    for name, shape in meta.head.items():
+        out[f"head/{name}"] = torch.randn(shape, generator=g)
+    return out
+
+
+def _assert_same(decoded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert set(decoded) == set(expected)
+    for key, value in expected.items():
+        assert decoded[key].dtype == value.dtype, key
+        assert torch.equal(decoded[key], value), key
+
+
+def _header_keys(data: bytes) -> list[str]:
+    header, _ = checkpoint.parse_header(data, "x")
+    return [k for k in header if k != "__metadata__"]
+
+
+# --------------------------------------------------------------------------- init globals
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_global_contents(globals_by_kind, kind):
+    result, gl, cfg = globals_by_kind[kind]
+    meta = gl.meta
+    assert (meta.kind, meta.role, meta.round, meta.client, meta.num_examples) == (kind, "global", 0, None, 0)
+    assert len(meta.targets) == 13
+    assert meta.labels == ["negative", "positive"]
+    assert set(meta.head) == {"classifier.weight", "classifier.bias"}
+    assert meta.head["classifier.weight"] == [2, 32]
+    assert gl.digest == result.digest
+    for name, target in meta.targets.items():
+        if kind == "bernoulli":
+            assert torch.equal(gl.tensors[f"probs/{name}"], torch.full(target.shape, 0.99))
+        elif kind == "threshold":
+            assert torch.equal(gl.tensors[f"mask/{name}"], torch.ones(target.shape, dtype=torch.bool))
+        else:
+            assert torch.equal(gl.tensors[f"scale/{name}"], torch.ones(target.out_features))
+    assert gl.density() == pytest.approx(0.99 if kind == "bernoulli" else 1.0)
+    assert meta.encoding == ("packed" if kind == "threshold" else "float")
+    expected_bits = {"threshold": sum((t.shape[0] * t.shape[1] + 7) // 8 * 8 for t in meta.targets.values()),
+                     "scaling": 32 * sum(t.out_features for t in meta.targets.values())}.get(kind)
+    if expected_bits is not None:  # mask_bits counts mask/code/scale payloads (not a global's probs)
+        assert meta.mask_bits == expected_bits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_global_file_round_trip_bit_exact(globals_by_kind, kind):
+    # Prepare
+    result, gl, _ = globals_by_kind[kind]
+    with open(result.path, "rb") as handle:
+        data = handle.read()
+    # Execute
+    again = loads(data, "again")
+    stored = checkpoint.encode_tensors(gl.meta, gl.tensors, None)
+    # Assert: decode(encode(decode(file))) == file, byte for byte
+    _assert_same(again.tensors, gl.tensors)
+    assert serialize(gl.meta, stored) == data
+    assert again.digest == checkpoint.file_digest(data) == result.digest
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_global_with_random_values_round_trips(globals_by_kind, kind):
+    _, gl, _ = globals_by_kind[kind]
+    tensors = _random_tensors(gl.meta, seed=1)
+    stored = checkpoint.encode_tensors(gl.meta, tensors, None)
+    decoded = loads(serialize(gl.meta, stored), "g").tensors
+    _assert_same(decoded, tensors)
+
+
+def _client_meta(gl, encoding: str) -> FileMeta:
+    update = {"role": "client", "client": 1, "num_examples": 17, "parent_digest": gl.digest, "encoding": encoding}
+    if gl.meta.kind == "scaling":
+        update["encoding"] = "float"
+    if encoding == "coded" and gl.meta.kind == "threshold":
+        update["coding_flip_rate"] = 0.3
+    return gl.meta.model_copy(update=update)
+
+
+CLIENT_CASES = [(k, e) for k in ("bernoulli", "threshold") for e in ("packed", "none", "coded")] + [("scaling", "float")]
+
+
+@pytest.mark.parametrize("kind,encoding", CLIENT_CASES)
+def test_client_file_round_trip_bit_exact(globals_by_kind, kind, encoding):
+    # Prepare
+    _, gl, _ = globals_by_kind[kind]
+    meta = _client_meta(gl, encoding)
+    tensors = _random_tensors(meta, seed=2, as_client=True)
+    # Execute
+    stored = checkpoint.encode_tensors(meta, tensors, gl)
+    data = serialize(meta, stored)
+    decoded = loads(data, "client", reference=gl if encoding == "coded" else None)
+    # Assert
+    _assert_same(decoded.tensors, tensors)
+    assert decoded.meta == meta
+    keys = _header_keys(data)
+    group = {"packed": "mask/", "none": "mask/", "coded": "code/", "float": "scale/"}[encoding]
+    assert {k.split("/")[0] + "/" for k in keys} == {group, "head/"}
+    if encoding == "none":
+        name = next(iter(meta.targets))
+        assert stored[f"mask/{name}"].dtype == torch.uint8
+        assert list(stored[f"mask/{name}"].shape) == meta.targets[name].shape
+    if encoding == "packed":
+        name = next(iter(meta.targets))
+        rows, cols = meta.targets[name].shape
+        assert stored[f"mask/{name}"].shape == ((rows * cols + 7) // 8,)
+
+
+def test_coded_client_needs_its_global(globals_by_kind):
+    _, gl, _ = globals_by_kind["bernoulli"]
+    meta = _client_meta(gl, "coded")
+    data = serialize(meta, checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), gl))
+    with pytest.raises(CheckpointError, match="needs the global"):
+        loads(data, "c.safetensors")
+    with pytest.raises(SupermaskError, match="needs the global"):
+        checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), None)
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "threshold"])
+def test_coded_client_refused_with_another_global(globals_by_kind, tmp_path, kind):
+    # Prepare: the same global content under another round number is another file (another digest)
+    _, gl, _ = globals_by_kind[kind]
+    other_meta = gl.meta.model_copy(update={"round": 3})
+    other_bytes = serialize(other_meta, checkpoint.encode_tensors(other_meta, gl.tensors, None))
+    other = loads(other_bytes, "other")
+    assert other.digest != gl.digest
+    meta = _client_meta(gl, "coded")
+    data = serialize(meta, checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), gl))
+    # Execute / Assert
+    with pytest.raises(CheckpointError) as info:
+        loads(data, "c.safetensors", reference=other)
+    message = str(info.value)
+    assert "parent digest" in message or "coded against" in message
+    assert message.startswith("c.safetensors")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_file_never_holds_base_weights(globals_by_kind, kind):
+    result, gl, _ = globals_by_kind[kind]
+    with open(result.path, "rb") as handle:
+        data = handle.read()
+    header, _ = checkpoint.parse_header(data, result.path)
+    keys = _header_keys(data)
+    assert keys and all(k.startswith(ALLOWED_GROUPS) for k in keys)
+    assert not [k for k in header if "embeddings" in k]
+    assert not [k for k in keys if k.endswith(".weight") and not k.startswith("head/")]
+    assert set(header["__metadata__"]) == {"supermask"}
+    meta = json.loads(header["__metadata__"]["supermask"])
+    assert meta["format"] == "supermask" and meta["kind"] == kind
+    # the whole file is far smaller than the base model's float32 target weights
+    assert len(data) < 4 * gl.meta.num_weights if kind != "bernoulli" else len(data) < 4 * gl.meta.num_weights + 4096
+
+
+def test_extra_tensor_is_refused(globals_by_kind):
+    _, gl, _ = globals_by_kind["threshold"]
+    stored = checkpoint.encode_tensors(gl.meta, gl.tensors, None)
+    stored["bert.embeddings.word_embeddings.weight"] = torch.zeros(3, 2)
+    with pytest.raises(CheckpointError, match="unexpected tensor"):
+        loads(serialize(gl.meta, stored), "bad")
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def test_save_refuses_overwrite_without_force(globals_by_kind, tmp_path):
+    # Prepare
+    _, gl, _ = globals_by_kind["scaling"]
+    stored = checkpoint.encode_tensors(gl.meta, gl.tensors, None)
+    path = str(tmp_path / "sub" / "g.safetensors")
+    digest = save_checkpoint(path, gl.meta, stored)
+    with open(path, "rb") as handle:
+        before = handle.read()
+    changed = gl.meta.model_copy(update={"round": 5})
+    # Execute / Assert
+    with pytest.raises(SupermaskError, match="--force"):
+        save_checkpoint(path, changed, stored)
+    with open(path, "rb") as handle:
+        assert handle.read() == before
+    assert checkpoint.file_digest(before) == digest
+    new_digest = save_checkpoint(path, changed, stored, force=True)
+    reloaded = load_checkpoint(path)
+    assert reloaded.meta.round == 5 and reloaded.digest == new_digest != digest
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["g.safetensors"]  # no temp files left
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_memory_url_save_and_load(globals_by_kind, kind):
+    _, gl, _ = globals_by_kind[kind]
+    tensors = _random_tensors(gl.meta, seed=3)
+    stored = checkpoint.encode_tensors(gl.meta, tensors, None)
+    url = f"memory://supermask-tests/{uuid.uuid4().hex}/round_000/global.safetensors"
+    digest = save_checkpoint(url, gl.meta, stored)
+    try:
+        loaded = load_checkpoint(url)
+        assert loaded.digest == digest and loaded.path == url
+        _assert_same(loaded.tensors, tensors)
+        assert checkpoint.read_meta(url) == gl.meta
+        with pytest.raises(SupermaskError, match="--force"):
+            save_checkpoint(url, gl.meta, stored)
+    finally:
+        import fsspec
+
+        fsspec.filesystem("memory").rm(url.replace("memory://", "/").rsplit("/round_000", 1)[0], recursive=True)
+
+
+def test_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_serialize_is_deterministic(globals_by_kind, kind):
+    _, gl, _ = globals_by_kind[kind]
+    stored = checkpoint.encode_tensors(gl.meta, _random_tensors(gl.meta, seed=4), None)
+    first = serialize(gl.meta, stored)
+    second = serialize(gl.meta, dict(reversed(list(stored.items()))))
+    assert first == second == serialize(gl.meta, stored)
+
+
+def test_read_meta_matches_full_load(globals_by_kind):
+    result, gl, _ = globals_by_kind["bernoulli"]
+    assert checkpoint.read_meta(result.path) == gl.meta
