@@ -10,6 +10,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import Config, load_config
@@ -41,7 +42,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SupermaskError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; outputs are written atomically, re-run the command to continue")
@@ -156,7 +157,7 @@ def aggregate(
         "upload bytes": r.upload_bytes, "bits/weight": r.bits_per_weight, "seconds": r.seconds,
     }]))
     for d in r.dropped:
-        out.print(f"[yellow]dropped[/] {d.reason}", highlight=False)
+        out.print(f"[yellow]dropped[/] {escape(d.reason)}", highlight=False)
     out.print(f"wrote {r.path}")
 
 

@@ -259,7 +259,6 @@ def test_missing_eval_file(tiny_config, tmp_path):
     assert not (tmp_path / "run_threshold" / "round_000" / "metrics.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.user_errors prints the message as rich markup: '[old]' in a path is eaten")
 def test_error_message_keeps_square_brackets(tiny_config, tmp_path):
     cfg_path = tiny_config()
     invoke("init", "--config", cfg_path)
@@ -269,7 +268,6 @@ def test_error_message_keeps_square_brackets(tiny_config, tmp_path):
     assert_user_error(result, str(missing))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.user_errors crashes (rich MarkupError, exit 1) on '[/...]' in a message")
 def test_error_message_with_closing_tag_text_is_a_user_error(tiny_config, tmp_path):
     cfg_path = tiny_config()
     invoke("init", "--config", cfg_path)
