@@ -201,11 +201,11 @@ def encode_tensors(
 
 
 def payload_bits(stored: dict[str, torch.Tensor]) -> int:
-    """Upload bits of the mask payload: mask, code and scale tensors (not the head)."""
+    """Bits of the mask payload: probs, mask, code and scale tensors (not the head)."""
     return sum(
         t.numel() * t.element_size() * 8
         for k, t in stored.items()
-        if k.split("/", 1)[0] in ("mask", "code", "scale")
+        if k.split("/", 1)[0] in ("probs", "mask", "code", "scale")
     )
 
 

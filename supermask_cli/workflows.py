@@ -797,7 +797,7 @@ def _stored_bits(path: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, entry in header.items():
         group, _, name = key.partition("/")
-        if group in ("mask", "code", "scale"):
+        if group in ("probs", "mask", "code", "scale"):
             start, end = entry["data_offsets"]
             out[name] = out.get(name, 0) + 8 * (end - start)
     return out
