@@ -3,6 +3,7 @@ its own one-line message (library and CLI), plus property tests over random and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -339,9 +340,8 @@ def test_pickle_is_live_but_never_executed(run, tmp_path):
     marker = tmp_path / "PWNED_subprocess"
     path = tmp_path / "client_000.safetensors"
     path.write_bytes(pickle.dumps({"mask": Evil(str(marker))}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "supermask_cli", "inspect", str(path)], capture_output=True, text=True, timeout=60,
-    )
+    cli = [sys.executable, "-m", "supermask_cli"] if importlib.util.find_spec("supermask_cli.__main__") else ["supermask"]
+    proc = subprocess.run([*cli, "inspect", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("error:") == 1 and str(path) in proc.stderr and "not a safetensors file" in proc.stderr
