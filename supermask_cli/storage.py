@@ -51,6 +51,12 @@ def read_bytes(path: str, max_bytes: int, what: str = "file") -> bytes:
     return data
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of the new one.
 
@@ -69,9 +75,15 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            if not force and os.path.exists(p):
-                raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
-            os.replace(tmp, p)
+            os.chmod(tmp, 0o666 & ~_umask())
+            if force:
+                os.replace(tmp, p)
+            else:
+                try:
+                    os.link(tmp, p)  # atomic and refuses an existing name, even if another writer just made it
+                except FileExistsError:
+                    raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it") from None
+                os.unlink(tmp)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
