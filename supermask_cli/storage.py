@@ -81,9 +81,13 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
             else:
                 try:
                     os.link(tmp, p)  # atomic and refuses an existing name, even if another writer just made it
+                    os.unlink(tmp)
                 except FileExistsError:
                     raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it") from None
-                os.unlink(tmp)
+                except OSError:  # a filesystem without hard links
+                    if os.path.exists(p):
+                        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it") from None
+                    os.replace(tmp, p)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -107,7 +107,7 @@ def crash_before_rename(run: Run, args: list[str]) -> None:
     """Run the command in a process that SIGKILLs itself where write_atomic renames its temp file."""
     code = (
         "import os, signal, sys\n"
-        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = os.link = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
         "from supermask_cli.cli import app\n"
         f"sys.argv = ['supermask', *{[*args, '-c', str(run.config)]!r}]\n"
         "app()\n"
