@@ -183,7 +183,7 @@ def eval_(
     out.print(f"wrote {path}")
 
 
-_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman")
+_METRICS = ("accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman")
 
 
 @app.command()

@@ -32,6 +32,18 @@ def f1(preds: np.ndarray, labels: np.ndarray) -> float:
     return 2 * tp / (2 * tp + errors) if tp else 0.0
 
 
+def f1_macro(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+    p, y = _pair(preds, labels)
+    classes = np.unique(np.concatenate([y, p]))
+    scores = []
+    for c in classes:
+        tp = float(np.sum((p == c) & (y == c)))
+        errors = float(np.sum((p == c) != (y == c)))
+        scores.append(2 * tp / (2 * tp + errors) if tp else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def matthews_correlation(preds: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation coefficient (multi-class form, Gorodkin 2004); 0.0 when undefined."""
     p, y = _pair(preds, labels)
@@ -69,6 +81,7 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
     "f1": f1,
+    "f1_macro": f1_macro,
     "matthews_correlation": matthews_correlation,
     "pearson": pearson,
     "spearman": spearman,

@@ -50,10 +50,14 @@ def is_regression(cfg: Config) -> bool:
 
 
 def metric_names(cfg: Config) -> list[str]:
+    """The task's metrics; custom data: Pearson/Spearman, binary F1 for two classes, else macro F1."""
     task = task_spec(cfg)
     if task:
         return list(task.metrics)
-    return ["pearson", "spearman"] if cfg.data.regression else ["accuracy", "f1"]
+    if cfg.data.regression:
+        return ["pearson", "spearman"]
+    binary = cfg.data.label_names is not None and len(cfg.data.label_names) == 2
+    return ["accuracy", "f1" if binary else "f1_macro"]
 
 
 def use_hub(cfg: Config) -> bool:

@@ -86,3 +86,12 @@ def test_compute_metrics_classification_and_regression() -> None:
 def test_compute_metrics_unknown_name() -> None:
     with pytest.raises(SupermaskError, match="unknown metric 'bleu'"):
         compute_metrics(["bleu"], np.zeros((2, 2)), np.zeros(2))
+
+
+def test_f1_macro_averages_per_class_f1():
+    from supermask_cli.metrics import f1_macro
+
+    # class 0: tp 1, fp 0, fn 1 -> 2/3; class 1: tp 1, fp 1, fn 0 -> 2/3; class 2: tp 1 -> 1.0
+    preds = np.array([0, 1, 1, 2])
+    labels = np.array([0, 0, 1, 2])
+    assert f1_macro(preds, labels) == pytest.approx((2 / 3 + 2 / 3 + 1.0) / 3)
