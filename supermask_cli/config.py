@@ -88,6 +88,7 @@ class EvalConfig(_Section):
 class Config(_Section):
     run_dir: str = "runs/default"
     seed: int = 0
+    tensorboard: bool = False
     model: ModelConfig = ModelConfig()
     task: str | None = None
     data: DataConfig = DataConfig()

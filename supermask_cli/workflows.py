@@ -26,6 +26,7 @@ from .mask.layer import out_features
 from .masked_model import bake_global, trainable_from_global, upload_tensors
 from .model import BaseModel, load_base_model
 from .tasks import TaskSpec, get_task
+from .tracking import TensorBoardLog
 from .train import DEFAULT_LR, TrainSettings, resolve_device, train_masks
 
 # ----------------------------------------------------------------------------------- data builders
@@ -715,6 +716,7 @@ def run(
     else:
         cfg = resolved(cfg, load_global(layout.global_path(0)).meta.labels)
     summaries: list[RoundSummary] = []
+    board = TensorBoardLog(storage.join(cfg.run_dir, "tensorboard")) if cfg.tensorboard else None
     for rnd in range(cfg.federation.rounds + 1):
         start = time.perf_counter()
         if storage.exists(layout.metrics_path(rnd)):
@@ -736,8 +738,15 @@ def run(
                 summary.upload = _upload_summary(layout, rnd)
         summary.wall_seconds = time.perf_counter() - start
         summaries.append(summary)
+        if board:
+            board.scalars("eval", summary.metrics, rnd)
+            board.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
+            for client in summary.clients:
+                board.scalars(f"client_{client.client:03d}", vars(client), rnd)
         if on_round:
             on_round(summary)
+    if board:
+        board.close()
     return summaries
 
 

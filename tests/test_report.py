@@ -34,3 +34,17 @@ def test_report_on_a_non_run_directory_is_a_user_error(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "holds no round_" in result.output
+
+
+def test_run_logs_to_tensorboard_when_enabled(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config("threshold", federation={"num_clients": 2, "rounds": 1}, tensorboard=True)
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+
+    events = EventAccumulator(str(tmp_path / "run_threshold" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "eval/accuracy" in tags and "round/bits_per_weight" in tags and "client_001/mean_loss" in tags
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [0, 1]
