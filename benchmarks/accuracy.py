@@ -1,0 +1,120 @@
+"""SST-2 accuracy at an equal number of examples seen: full fine-tuning vs mask training, centralized and federated.
+
+Every method uses the same seed, the same seeded pool of ``--examples`` training examples and the
+same total number of examples seen (``--examples``, batch 32): centralized methods make one pass;
+federated runs split the pool over ``--clients`` clients (IID and Dirichlet α = 0.5) and take
+``--rounds`` rounds of ``examples / (32 * clients * rounds)`` local steps. Prints one JSON object
+with the validation metric of every method (and, for federated runs, per round).
+
+    python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/bench_acc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from supermask_cli import workflows  # noqa: E402
+from supermask_cli.config import Config, load_config  # noqa: E402
+from supermask_cli.evaluate import evaluate_model  # noqa: E402
+from supermask_cli.train import batch_order, encode_batch, linear_schedule, resolve_device  # noqa: E402
+
+# Score learning rates and settings per kind from the centralized probe (DESIGN §7 / README).
+KIND_SETTINGS = {
+    "bernoulli": ["mask.kind=bernoulli", "mask.init_density=0.99", "train.lr=0.1"],
+    "threshold": ["mask.kind=threshold", "mask.threshold=0.01", "mask.init_score=0.02", "train.lr=0.0003"],
+    "scaling": ["mask.kind=scaling", "train.lr=0.001"],
+}
+
+
+def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
+    """Centralized full fine-tuning (AdamW on every parameter, linear decay) on the pooled data."""
+    labels = workflows.resolve_label_names(cfg)
+    cfg = workflows.resolved(cfg, labels)
+    pool = workflows.train_pool(cfg, labels)
+    base = workflows.load_base(cfg, labels)
+    model = base.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    device = resolve_device(cfg.train.device)
+    model.to(device).train()
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(steps, int(cfg.train.warmup_ratio * steps)))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for indices in batch_order(len(pool), cfg.train.batch_size, steps, generator):
+        loss = model(**encode_batch(base.tokenizer, pool, indices, cfg.model.max_length, device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    examples = workflows.eval_examples(cfg, labels)
+    return evaluate_model(
+        model, base.tokenizer, examples, workflows.metric_names(cfg), batch_size=cfg.eval.batch_size,
+        max_length=cfg.model.max_length, device=device, precision="fp32",
+    )
+
+
+def masked(cfg: Config) -> list[dict]:
+    """A federated (or, with one client and one round, centralized) mask run; metrics per round."""
+    return [s.metrics for s in workflows.run(cfg)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--examples", type=int, default=9600)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", default=list(KIND_SETTINGS))
+    parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
+    parser.add_argument("--full-lr", type=float, default=5e-5)
+    parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args()
+    batch = 32
+    steps = args.examples // batch
+    local_steps = math.ceil(steps / (args.clients * args.rounds))
+    common = [*args.overrides, f"data.max_train_examples={args.examples}", f"train.batch_size={batch}",
+              "train.max_steps=null", "mask.encoding=auto"]
+    results: dict = {"config": args.config, "overrides": args.overrides, "examples_seen": args.examples,
+                     "batch_size": batch, "clients": args.clients, "rounds": args.rounds,
+                     "local_steps": local_steps, "methods": {}}
+    start = time.perf_counter()
+
+    def record(name: str, value) -> None:
+        results["methods"][name] = value
+        print(f"{name}: {json.dumps(value)[:300]}", file=sys.stderr, flush=True)
+
+    if not args.skip_full:
+        cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/full"])
+        record("full_finetuning", full_finetune(cfg, steps, args.full_lr))
+    for kind in args.kinds:
+        cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind], f"run_dir={args.out_dir}/central_{kind}",
+                                        "federation.num_clients=1", "federation.rounds=1", "federation.partition=iid",
+                                        f"train.max_steps={steps}"])
+        record(f"central_{kind}", masked(cfg)[-1])
+        for partition in args.partitions:
+            cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind],
+                                            f"run_dir={args.out_dir}/fed_{kind}_{partition}",
+                                            f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
+                                            f"federation.partition={partition}", "federation.dirichlet_alpha=0.5",
+                                            f"train.max_steps={local_steps}"])
+            record(f"federated_{kind}_{partition}", masked(cfg))
+    results["seconds"] = time.perf_counter() - start
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
