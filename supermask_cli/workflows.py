@@ -348,6 +348,24 @@ def latest_round(layout: Layout) -> int:
     return rnd
 
 
+def refuse_existing(path: str, force: bool) -> None:
+    """Fail early, before any work, when the output exists and ``--force`` was not given."""
+    if storage.exists(path) and not force:
+        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+
+
+def open_round(cfg: Config, rnd: int | None, global_path: str | None) -> tuple[Layout, Checkpoint, Config]:
+    """The round's global (explicit path, round, or latest) checked against the config, and the
+    config resolved with the run's labels."""
+    layout = Layout(cfg.run_dir)
+    if global_path is None:
+        global_path = layout.global_path(latest_round(layout) if rnd is None else rnd)
+    gl = load_global(global_path)
+    cfg = resolved(cfg, gl.meta.labels)
+    check_config(gl, cfg)
+    return layout, gl, cfg
+
+
 def _choose_encoding(
     meta: FileMeta, tensors: dict[str, torch.Tensor], gl: Checkpoint, requested: str
 ) -> tuple[FileMeta, dict[str, torch.Tensor]]:
@@ -383,22 +401,15 @@ def train_client(
     force: bool = False,
 ) -> ClientResult:
     """Train client ``client`` from a global file and write its upload."""
-    layout = Layout(cfg.run_dir)
-    if global_path is None:
-        rnd = latest_round(layout) if rnd is None else rnd
-        global_path = layout.global_path(rnd)
-    gl = load_global(global_path)
+    layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
-    cfg = resolved(cfg, gl.meta.labels)
-    check_config(gl, cfg)
     if not 0 <= client < cfg.federation.num_clients:
         raise SupermaskError(
             f"client {client} does not exist: federation.num_clients={cfg.federation.num_clients} "
             f"allows 0..{cfg.federation.num_clients - 1}"
         )
     path = out or layout.client_path(rnd, client)
-    if storage.exists(path) and not force:
-        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+    refuse_existing(path, force)
     examples = client_examples(cfg, client, gl.meta.labels)
     base = load_base(cfg, gl.meta.labels)
     check_base_matches(base, gl)
@@ -498,18 +509,11 @@ def aggregate(
     ``mean`` and ``capped`` stream: one client is decoded at a time, so memory does not grow
     with the number of clients. ``median`` and ``trimmed_mean`` need every client at once."""
     start = time.perf_counter()
-    layout = Layout(cfg.run_dir)
-    if global_path is None:
-        rnd = latest_round(layout) if rnd is None else rnd
-        global_path = layout.global_path(rnd)
-    gl = load_global(global_path)
+    layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
-    cfg = resolved(cfg, gl.meta.labels)
-    check_config(gl, cfg)
     rule = rule or cfg.federation.aggregator
     path = out or layout.global_path(rnd + 1)
-    if storage.exists(path) and not force:
-        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+    refuse_existing(path, force)
     paths = _client_paths(layout, rnd, client_paths)
 
     dropped: list[DroppedRecord] = []
@@ -623,8 +627,7 @@ def evaluate(
     path = out or (layout.metrics_path(rnd) if checkpoint_path == layout.global_path(rnd) else None)
     if path is None:
         path = checkpoint_path.rsplit("/", 1)[0] + "/metrics.json" if "/" in checkpoint_path else "metrics.json"
-    if storage.exists(path) and not force:
-        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
+    refuse_existing(path, force)
     examples = eval_examples(cfg, gl.meta.labels)
     base = load_base(cfg, gl.meta.labels)
     check_base_matches(base, gl)
