@@ -97,6 +97,7 @@ def load_base_model(
             revision=revision,
             num_labels=num_labels,
             problem_type="regression" if regression else "single_label_classification",
+            ignore_mismatched_sizes=True,  # a checkpoint's own head may have another number of labels
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -624,6 +624,7 @@ def evaluate(
         checkpoint_path = layout.global_path(rnd)
     gl = load_global(checkpoint_path)
     rnd = gl.meta.round
+    cfg = resolved(cfg, gl.meta.labels)
     path = out or (layout.metrics_path(rnd) if checkpoint_path == layout.global_path(rnd) else None)
     if path is None:
         path = checkpoint_path.rsplit("/", 1)[0] + "/metrics.json" if "/" in checkpoint_path else "metrics.json"

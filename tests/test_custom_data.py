@@ -181,10 +181,6 @@ def test_three_class_eval_command_matches_run(tiny_config, headless_model, senti
     assert "accuracy" in metrics and "f1_macro" in metrics and "f1" not in metrics
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: workflows.evaluate calls metric_names(cfg) on the unresolved config; with inferred label names "
-    "(data.label_names unset) a 2-class custom dataset gets f1_macro from `supermask eval` but f1 from `supermask run`"
-))
 def test_binary_custom_eval_command_reports_binary_f1(tiny_config, headless_model, tmp_path):
     df = sentiment_frame(24, seed=3)
     df = df[df["sentiment"] != "neutral"]
@@ -202,11 +198,6 @@ def test_binary_custom_eval_command_reports_binary_f1(tiny_config, headless_mode
     assert "f1" in metrics, sorted(metrics)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: supermask_cli/model.py:95 load_base_model calls from_pretrained(num_labels=...) without "
-    "ignore_mismatched_sizes=True and catches only OSError/ValueError: a base model saved with a 2-class "
-    "head crashes (RuntimeError traceback, exit 1) on 3-class custom data instead of starting a fresh head"
-))
 def test_three_class_data_on_a_two_class_checkpoint(tiny_config, tiny_model, sentiment_files):
     train, dev = sentiment_files["csv"]
     config = custom_config(
