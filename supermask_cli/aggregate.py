@@ -9,9 +9,15 @@ the reduced value into the global tensor of that group:
 - ``scale/*``, ``head/*`` -> the reduced value
 
 Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median), ``trimmed_mean``
-(drop the ⌊βN⌋ lowest and highest values per coordinate, weighted mean of the rest) and ``capped``
-(example-weighted mean with each client's share of the weight capped). ``mean`` and ``capped`` are
-linear, so :class:`RunningMean` computes them one client at a time.
+(drop the ⌊βN⌋ lowest and highest values per coordinate, weighted mean of the rest), ``capped``
+(example-weighted mean with each client's share of the weight capped) and ``filtered`` (drop
+whole clients whose upload is an outlier in :func:`surprise` against the global, then ``mean``).
+``mean``, ``capped`` and ``filtered`` are linear, so :class:`RunningMean` computes them one client
+at a time.
+
+Coordinate-wise ``median`` and ``trimmed_mean`` of *sampled* bernoulli masks push probs towards 0
+or 1, so the evaluated network stops matching the thinned networks the clients trained: prefer
+``filtered`` for bernoulli.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import torch
 
 from .mask.functions import clamp_probs
 
-RULES = ("mean", "median", "trimmed_mean", "capped")
-STREAMING_RULES = ("mean", "capped")
+RULES = ("mean", "median", "trimmed_mean", "capped", "filtered")
+STREAMING_RULES = ("mean", "capped", "filtered")
 
 
 def weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -74,9 +80,39 @@ def capped_weights(w: torch.Tensor, max_share: float) -> torch.Tensor:
     return torch.ones_like(w)
 
 
+def surprise(kind: str, client: dict[str, torch.Tensor], global_: dict[str, torch.Tensor]) -> float:
+    """How far an upload is from the global it trained from, per masked weight (heads ignored):
+    bernoulli — bits of the client mask under the global probs; threshold — fraction of mask bits
+    that differ from the global mask; scaling — RMS difference of the scaling vectors."""
+    total, count = 0.0, 0
+    for key, value in client.items():
+        group, _, name = key.partition("/")
+        if group == "mask" and kind == "bernoulli":
+            probs = clamp_probs(global_[f"probs/{name}"].double())
+            total += float(-torch.where(value, probs, 1 - probs).log2().sum())
+        elif group == "mask":
+            total += float((value != global_[key]).sum())
+        elif group == "scale":
+            total += float(((value.double() - global_[key].double()) ** 2).sum())
+        else:
+            continue
+        count += value.numel()
+    mean = total / max(count, 1)
+    return math.sqrt(mean) if kind == "scaling" else mean
+
+
+def outliers(scores: torch.Tensor, k: float) -> torch.Tensor:
+    """Clients whose score exceeds median + k·MAD (MAD floored at 1% of the median): True = drop."""
+    scores = scores.to(torch.float64)
+    median = scores.median()
+    mad = (scores - median).abs().median()
+    spread = torch.clamp(mad, min=max(0.01 * float(median.abs()), 1e-12))
+    return scores > median + k * spread
+
+
 def reduce(rule: str, x: torch.Tensor, w: torch.Tensor, *, trim_ratio: float = 0.1, max_share: float = 1.0) -> torch.Tensor:
     """Apply one aggregation rule to stacked client values."""
-    if rule == "mean":
+    if rule in ("mean", "filtered"):
         return weighted_mean(x, w)
     if rule == "capped":
         return weighted_mean(x, capped_weights(w, max_share))

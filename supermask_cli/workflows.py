@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import __version__, checkpoint, coding, data, storage
-from .aggregate import STREAMING_RULES, RunningMean, aggregate_stacked, capped_weights, finalize
+from .aggregate import STREAMING_RULES, RunningMean, aggregate_stacked, capped_weights, finalize, outliers, surprise
 from .checkpoint import AggregationMeta, BaseModelMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta, TargetMeta
 from .config import Config, config_digest, config_from_dict, dump_config
 from .errors import CheckpointError, SupermaskError
@@ -534,6 +534,8 @@ def aggregate(
         seen[meta.client] = p
         metas.append((p, meta))
 
+    if rule == "filtered" and metas:
+        metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
     records: list[ClientRecord] = []
     accepted: list[tuple[dict[str, torch.Tensor], float]] = []
     running = RunningMean()
@@ -586,6 +588,31 @@ def aggregate(
     meta = meta.model_copy(update={"mask_bits": checkpoint.payload_bits(stored)})
     checkpoint.save_checkpoint(path, meta, stored, force=force)
     return _aggregate_result(path, meta, Checkpoint(meta=meta, tensors=tensors).density(), time.perf_counter() - start)
+
+
+def _drop_outliers(
+    metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, dropped: list[DroppedRecord], skip_invalid: bool
+) -> list[tuple[str, FileMeta]]:
+    """The ``filtered`` rule's first pass: score every upload against the global, drop outliers."""
+    scored: list[tuple[str, FileMeta, float]] = []
+    for p, meta in metas:
+        try:
+            ckpt = checkpoint.load_checkpoint(p, reference=gl)
+        except CheckpointError as exc:
+            if not skip_invalid:
+                raise
+            dropped.append(DroppedRecord(file=p, reason=str(exc)))
+            continue
+        scored.append((p, meta, surprise(gl.meta.kind, ckpt.tensors, gl.tensors)))
+    if not scored:
+        return []
+    scores = torch.tensor([s for _, _, s in scored])
+    flags = outliers(scores, cfg.federation.filter_k).tolist()
+    limit = float(scores.median())
+    for (p, _, score), flag in zip(scored, flags):
+        if flag:
+            dropped.append(DroppedRecord(file=p, reason=f"{p}: outlier upload (surprise {score:.4g}, median {limit:.4g})"))
+    return [(p, m) for (p, m, _), flag in zip(scored, flags) if not flag]
 
 
 def _aggregate_result(path: str, meta: FileMeta, density: float, seconds: float) -> AggregateResult:
