@@ -163,20 +163,33 @@ def aggregate_stacked(
 
 
 class RunningMean:
-    """Example-weighted mean of client tensors, accumulated one client at a time (memory O(model))."""
+    """Example-weighted mean of client tensors, accumulated one client at a time (memory O(model)).
+
+    Boolean masks are mostly ones (or mostly zeros), so a mask is added as a scalar offset plus
+    a sparse correction at its minority positions instead of a dense multiply-add."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.offsets: dict[str, float] = {}
         self.total = 0.0
 
     def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
         for key, value in tensors.items():
-            term = value.to(torch.float64) * weight
-            if key in self.sums:
-                self.sums[key] += term
-            else:
-                self.sums[key] = term
+            if key not in self.sums:
+                self.sums[key] = torch.zeros(value.shape, dtype=torch.float64)
+                self.offsets[key] = 0.0
+            flat = self.sums[key].view(-1)
+            if value.dtype != torch.bool:
+                flat.add_(value.reshape(-1).to(torch.float64), alpha=weight)
+                continue
+            bits = value.reshape(-1)
+            ones = int(bits.sum())
+            if 2 * ones > bits.numel():
+                self.offsets[key] += weight
+                flat.index_add_(0, (~bits).nonzero().squeeze(1), torch.tensor(-weight, dtype=torch.float64).expand(bits.numel() - ones))
+            elif ones:
+                flat.index_add_(0, bits.nonzero().squeeze(1), torch.tensor(weight, dtype=torch.float64).expand(ones))
         self.total += weight
 
     def result(self) -> dict[str, torch.Tensor]:
-        return {k: (v / self.total).float() for k, v in self.sums.items()}
+        return {k: ((v + self.offsets[k]) / self.total).float() for k, v in self.sums.items()}

@@ -5,6 +5,13 @@ Gradient estimators (a named choice per kind, see README "Mask kinds"):
   i.e. dL/dscores = dL/dm * sigmoid'(scores)  (FedPM, Isik et al. 2023).
 - ``threshold``: m = scores >= tau; backward is the identity, dL/dscores = dL/dm
   (Zhao et al. 2020; Mallya et al. 2018, "Piggyback").
+
+``sample_bernoulli_mask`` / ``threshold_mask`` are the reference estimators on the mask alone.
+Training uses ``bernoulli_masked_weight`` / ``threshold_masked_weight``: one autograd node that
+returns W_eff = W * m and, in backward, dL/dscores = (dL/dW_eff * W) * sigmoid'(scores) (resp.
+dL/dW_eff * W). Same sample (same random stream), same values and the same floating-point
+operations as ``W * mask(scores)`` built from the reference, with fewer full-size passes and
+temporaries: no float mask kept for backward, the cast and the sigmoid' scaling fused.
 """
 
 from __future__ import annotations
@@ -19,6 +26,13 @@ BERNOULLI_ESTIMATOR = "sigmoid-scaled"
 THRESHOLD_ESTIMATOR = "identity"
 
 
+def _sigmoid_scaled(grad: torch.Tensor, probs: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``grad * sigmoid'(scores)`` given ``probs = sigmoid(scores)``: grad * (1 - probs) * probs in one pass."""
+    if inplace:
+        return torch.ops.aten.sigmoid_backward.grad_input(grad, probs, grad_input=grad)
+    return torch.ops.aten.sigmoid_backward(grad, probs)
+
+
 class _BernoulliSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -29,7 +43,7 @@ class _BernoulliSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (probs,) = ctx.saved_tensors
-        return grad * probs * (1.0 - probs)
+        return _sigmoid_scaled(grad, probs)
 
 
 class _ThresholdSTE(torch.autograd.Function):
@@ -40,6 +54,59 @@ class _ThresholdSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         return grad, None
+
+
+class _BernoulliMaskedWeight(torch.autograd.Function):
+    """W_eff = W * m, m ~ Bernoulli(sigmoid(scores)); sigmoid-scaled STE for scores, W frozen."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        probs = torch.sigmoid(scores)
+        mask = torch.bernoulli(probs)
+        import os
+        if os.environ.get("SM_RECOMPUTE"):
+            ctx.save_for_backward(weight, scores)
+            ctx.recompute = True
+        else:
+            ctx.save_for_backward(weight, probs)
+            ctx.recompute = False
+        if mask.dtype == weight.dtype:
+            return mask.mul_(weight)  # weight * mask, written over the mask (no longer needed)
+        return weight * mask.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+        weight, probs = ctx.saved_tensors
+        if ctx.recompute:
+            probs = torch.sigmoid(probs)
+        grad_mask = (grad * weight).to(probs.dtype)  # fresh tensor: scaled in place below
+        return None, _sigmoid_scaled(grad_mask, probs, inplace=True)
+
+
+class _ThresholdMaskedWeight(torch.autograd.Function):
+    """W_eff = W * [scores >= tau]; identity STE for scores, W frozen."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        ctx.scores_dtype = scores.dtype
+        # Same values as weight * mask.float(): kept weights unchanged, dropped ones 0 (sign of zero aside).
+        return torch.where(scores >= tau, weight, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        return None, (grad * weight).to(ctx.scores_dtype), None
+
+
+def bernoulli_masked_weight(weight: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``weight * sample_bernoulli_mask(scores)`` as one autograd node (same sample, values and gradients)."""
+    return _BernoulliMaskedWeight.apply(weight, scores)
+
+
+def threshold_masked_weight(weight: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """``weight * threshold_mask(scores, tau)`` as one autograd node (same values and gradients)."""
+    return _ThresholdMaskedWeight.apply(weight, scores, tau)
 
 
 def sample_bernoulli_mask(scores: torch.Tensor) -> torch.Tensor:

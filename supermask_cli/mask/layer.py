@@ -51,8 +51,15 @@ class MaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "scaling":
             return linear_forward(self.base, x, self.base.weight) * self.scale.to(x.dtype)
-        weight = self.base.weight * self.current_mask().to(self.base.weight.dtype)
-        return linear_forward(self.base, x, weight)
+        return linear_forward(self.base, x, self.masked_weight())
+
+    def masked_weight(self) -> torch.Tensor:
+        """W * current_mask(), as one autograd node for the hard masks (see ``functions``)."""
+        if self.kind == "bernoulli" and not self.training:
+            return self.base.weight * torch.sigmoid(self.scores).to(self.base.weight.dtype)
+        if self.kind == "bernoulli":
+            return fn.bernoulli_masked_weight(self.base.weight, self.scores)
+        return fn.threshold_masked_weight(self.base.weight, self.scores, self.tau)
 
 
 def bake(module: nn.Module, kind: str, value: torch.Tensor) -> None:
