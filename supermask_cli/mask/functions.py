@@ -60,53 +60,58 @@ class _BernoulliMaskedWeight(torch.autograd.Function):
     """W_eff = W * m, m ~ Bernoulli(sigmoid(scores)); sigmoid-scaled STE for scores, W frozen."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, private_grad: bool) -> torch.Tensor:  # type: ignore[override]
         probs = torch.sigmoid(scores)
         mask = torch.bernoulli(probs)
-        import os
-        if os.environ.get("SM_RECOMPUTE"):
-            ctx.save_for_backward(weight, scores)
-            ctx.recompute = True
-        else:
-            ctx.save_for_backward(weight, probs)
-            ctx.recompute = False
+        ctx.save_for_backward(weight, probs)
+        ctx.private_grad = private_grad
         if mask.dtype == weight.dtype:
             return mask.mul_(weight)  # weight * mask, written over the mask (no longer needed)
         return weight * mask.to(weight.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
         weight, probs = ctx.saved_tensors
-        if ctx.recompute:
-            probs = torch.sigmoid(probs)
-        grad_mask = (grad * weight).to(probs.dtype)  # fresh tensor: scaled in place below
-        return None, _sigmoid_scaled(grad_mask, probs, inplace=True)
+        grad_mask = _times_weight(grad, weight, ctx.private_grad).to(probs.dtype)  # fresh, or ours to overwrite
+        return None, _sigmoid_scaled(grad_mask, probs, inplace=True), None
 
 
 class _ThresholdMaskedWeight(torch.autograd.Function):
     """W_eff = W * [scores >= tau]; identity STE for scores, W frozen."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, tau: float, private_grad: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(weight)
         ctx.scores_dtype = scores.dtype
+        ctx.private_grad = private_grad
         # Same values as weight * mask.float(): kept weights unchanged, dropped ones 0 (sign of zero aside).
         return torch.where(scores >= tau, weight, 0.0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None, None]:  # type: ignore[override]
         (weight,) = ctx.saved_tensors
-        return None, (grad * weight).to(ctx.scores_dtype), None
+        return None, _times_weight(grad, weight, ctx.private_grad).to(ctx.scores_dtype), None, None
 
 
-def bernoulli_masked_weight(weight: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """``weight * sample_bernoulli_mask(scores)`` as one autograd node (same sample, values and gradients)."""
-    return _BernoulliMaskedWeight.apply(weight, scores)
+def _times_weight(grad: torch.Tensor, weight: torch.Tensor, private_grad: bool) -> torch.Tensor:
+    """dL/dm = dL/dW_eff * W; in place when the incoming gradient is known to be nobody else's."""
+    if private_grad and grad.is_contiguous() and grad.dtype == weight.dtype and grad.shape == weight.shape:
+        return grad.mul_(weight)
+    return grad * weight
 
 
-def threshold_masked_weight(weight: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:
-    """``weight * threshold_mask(scores, tau)`` as one autograd node (same values and gradients)."""
-    return _ThresholdMaskedWeight.apply(weight, scores, tau)
+def bernoulli_masked_weight(weight: torch.Tensor, scores: torch.Tensor, *, private_grad: bool = False) -> torch.Tensor:
+    """``weight * sample_bernoulli_mask(scores)`` as one autograd node (same sample, values and gradients).
+
+    ``private_grad``: the result only feeds a matmul (as in ``MaskedLinear``), so the gradient that
+    reaches it is a fresh tensor nobody else holds and may be overwritten (one allocation less)."""
+    return _BernoulliMaskedWeight.apply(weight, scores, private_grad)
+
+
+def threshold_masked_weight(weight: torch.Tensor, scores: torch.Tensor, tau: float, *, private_grad: bool = False) -> torch.Tensor:
+    """``weight * threshold_mask(scores, tau)`` as one autograd node (same values and gradients);
+    ``private_grad`` as in ``bernoulli_masked_weight``."""
+    return _ThresholdMaskedWeight.apply(weight, scores, tau, private_grad)
 
 
 def sample_bernoulli_mask(scores: torch.Tensor) -> torch.Tensor:

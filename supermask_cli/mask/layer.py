@@ -57,9 +57,10 @@ class MaskedLinear(nn.Module):
         """W * current_mask(), as one autograd node for the hard masks (see ``functions``)."""
         if self.kind == "bernoulli" and not self.training:
             return self.base.weight * torch.sigmoid(self.scores).to(self.base.weight.dtype)
+        # The masked weight only feeds linear_forward's matmul: its gradient is private to us.
         if self.kind == "bernoulli":
-            return fn.bernoulli_masked_weight(self.base.weight, self.scores)
-        return fn.threshold_masked_weight(self.base.weight, self.scores, self.tau)
+            return fn.bernoulli_masked_weight(self.base.weight, self.scores, private_grad=True)
+        return fn.threshold_masked_weight(self.base.weight, self.scores, self.tau, private_grad=True)
 
 
 def bake(module: nn.Module, kind: str, value: torch.Tensor) -> None:
