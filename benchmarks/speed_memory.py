@@ -17,8 +17,13 @@ b. ``eval``: examples/s (no_grad, batch ``--eval-batch-size``) of the exported m
 c. ``memory``: peak RSS (``ru_maxrss``) of a fresh child process per measurement that loads
    the model and runs ``--memory-steps`` training steps; mask training vs full fine-tuning.
 
+Ratios are medians of paired per-step ratios (step i of A over step i of B, same batch).
+On a CPU shared with other jobs, every parallel (OpenMP) op waits for a second core, so with
+torch's default threads a step is dominated by the number of full-size ops, not their work;
+``--threads 1`` measures the work itself. Report both when the machine is loaded (see load_avg).
+
     HF_HUB_OFFLINE=1 python benchmarks/speed_memory.py                      # both kinds, ~4 min on 2 cores
-    python benchmarks/speed_memory.py --kind bernoulli --steps 10 --reps 5
+    python benchmarks/speed_memory.py --kind bernoulli --steps 2 --reps 10 --threads 1 --skip eval memory
 """
 
 from __future__ import annotations
