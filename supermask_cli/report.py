@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from . import checkpoint, storage
+from .workflows import round_rows
 from .errors import SupermaskError
 from .layout import Layout
 
@@ -33,18 +33,7 @@ def load_history(run_dir: str) -> RunHistory:
     rounds = layout.rounds()
     if not rounds:
         raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors; is it a run directory?")
-    rows: list[dict[str, Any]] = []
-    for rnd in rounds:
-        if not storage.exists(layout.metrics_path(rnd)):
-            continue
-        row = json.loads(storage.read_bytes(layout.metrics_path(rnd), 1 << 20, what="metrics"))
-        if rnd + 1 in rounds:
-            meta = checkpoint.read_meta(layout.global_path(rnd + 1))
-            if meta.aggregation:
-                clients = meta.aggregation.clients
-                row["upload_bytes"] = sum(c.bytes for c in clients)
-                row["bits_per_weight"] = sum(c.mask_bits for c in clients) / max(len(clients), 1) / meta.num_weights
-        rows.append(row)
+    rows = round_rows(layout)
     if not rows:
         raise SupermaskError(f"'{run_dir}' has no metrics.json yet; run `supermask eval` or `supermask run`")
     final = checkpoint.load_checkpoint(layout.global_path(rounds[-1]))

@@ -587,6 +587,8 @@ def aggregate(
     stored = checkpoint.encode_tensors(meta, tensors, None)
     meta = meta.model_copy(update={"mask_bits": checkpoint.payload_bits(stored)})
     checkpoint.save_checkpoint(path, meta, stored, force=force)
+    if path == layout.global_path(rnd + 1):
+        write_metrics_log(layout)
     return _aggregate_result(path, meta, Checkpoint(meta=meta, tensors=tensors).density(), time.perf_counter() - start)
 
 
@@ -716,12 +718,26 @@ class RoundSummary:
         }
 
 
-def write_metrics_log(layout: Layout) -> list[dict[str, Any]]:
-    """Rebuild ``metrics.jsonl`` from every round's ``metrics.json`` (a derived file, rewritten whole)."""
+def round_rows(layout: Layout) -> list[dict[str, Any]]:
+    """Every evaluated round's ``metrics.json`` plus the uploads that trained from that round's
+    global (``upload_bytes``, ``bits_per_weight``, ``upload_clients``), once aggregated."""
     rows = []
-    for rnd in layout.rounds():
-        if storage.exists(layout.metrics_path(rnd)):
-            rows.append(json.loads(storage.read_bytes(layout.metrics_path(rnd), 1 << 20, what="metrics")))
+    rounds = layout.rounds()
+    for rnd in rounds:
+        if not storage.exists(layout.metrics_path(rnd)):
+            continue
+        row = json.loads(storage.read_bytes(layout.metrics_path(rnd), 1 << 20, what="metrics"))
+        upload = _upload_summary(layout, rnd) if rnd + 1 in rounds else None
+        if upload is not None:
+            row.update(upload_bytes=upload.upload_bytes, bits_per_weight=upload.bits_per_weight,
+                       upload_clients=len(upload.clients))
+        rows.append(row)
+    return rows
+
+
+def write_metrics_log(layout: Layout) -> list[dict[str, Any]]:
+    """Rebuild ``metrics.jsonl`` from :func:`round_rows` (a derived file, rewritten whole)."""
+    rows = round_rows(layout)
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     storage.write_text_atomic(layout.metrics_log, text, force=True)
     return rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from typer.testing import CliRunner
 
@@ -48,3 +50,14 @@ def test_run_logs_to_tensorboard_when_enabled(tiny_config, tmp_path):
     tags = events.Tags()["scalars"]
     assert "eval/accuracy" in tags and "round/bits_per_weight" in tags and "client_001/mean_loss" in tags
     assert [e.step for e in events.Scalars("eval/accuracy")] == [0, 1]
+
+
+def test_metrics_log_carries_each_rounds_uploads(tiny_config, tmp_path):
+    config = tiny_config("threshold", federation={"num_clients": 2, "rounds": 1})
+    assert CliRunner().invoke(app, ["run", "--config", str(config)]).exit_code == 0
+    rows = [json.loads(line) for line in (tmp_path / "run_threshold" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1]
+    clients = sorted((tmp_path / "run_threshold" / "round_000" / "clients").iterdir())
+    assert rows[0]["upload_bytes"] == sum(p.stat().st_size for p in clients)
+    assert rows[0]["upload_clients"] == 2 and 0 < rows[0]["bits_per_weight"] <= 8
+    assert "upload_bytes" not in rows[1]
