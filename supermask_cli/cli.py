@@ -176,14 +176,13 @@ def eval_(
     Example: `supermask eval --config configs/glue_sst2.yaml --round 1`
     """
     from . import workflows
+    from .metrics import METRICS
 
     metrics, path = workflows.evaluate(_config(config, set_), rnd=rnd, checkpoint_path=checkpoint, out=out_path, force=force)
-    keys = ["round", "num_examples", "loss", *[k for k in metrics if k in _METRICS], "density"]
+    keys = ["round", "num_examples", "loss", *[k for k in metrics if k in METRICS], "density"]
     out.print(_table(f"eval round {metrics['round']}", [{k: metrics[k] for k in keys}]))
     out.print(f"wrote {path}")
 
-
-_METRICS = ("accuracy", "f1", "f1_macro", "matthews_correlation", "pearson", "spearman")
 
 
 @app.command()

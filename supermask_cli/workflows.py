@@ -610,10 +610,10 @@ def _drop_outliers(
         return []
     scores = torch.tensor([s for _, _, s in scored])
     flags = outliers(scores, cfg.federation.filter_k).tolist()
-    limit = float(scores.median())
+    median = float(scores.median())
     for (p, _, score), flag in zip(scored, flags):
         if flag:
-            dropped.append(DroppedRecord(file=p, reason=f"{p}: outlier upload (surprise {score:.4g}, median {limit:.4g})"))
+            dropped.append(DroppedRecord(file=p, reason=f"{p}: outlier upload (surprise {score:.4g}, median {median:.4g})"))
     return [(p, m) for (p, m, _), flag in zip(scored, flags) if not flag]
 
 
@@ -676,7 +676,7 @@ def evaluate(
         "round": rnd,
         "num_examples": len(examples),
         **scores,
-        "density": Checkpoint(meta=gl.meta, tensors=gl.tensors).density(),
+        "density": gl.density(),
         "kind": gl.meta.kind,
         "eval_mode": cfg.mask.eval if gl.meta.kind == "bernoulli" else "mask",
         "train_examples": gl.meta.num_examples,
@@ -761,7 +761,7 @@ def run(
     if not storage.exists(layout.global_path(0)):
         _, cfg = init(cfg)
     else:
-        cfg = resolved(cfg, load_global(layout.global_path(0)).meta.labels)
+        cfg = resolved(cfg, checkpoint.read_meta(layout.global_path(0)).labels)
     summaries: list[RoundSummary] = []
     board = TensorBoardLog(storage.join(cfg.run_dir, "tensorboard")) if cfg.tensorboard else None
     for rnd in range(cfg.federation.rounds + 1):
