@@ -3,7 +3,8 @@
 Every method uses the same seed, the same seeded pool of ``--examples`` training examples and the
 same total number of examples seen (``--examples``, batch 32): centralized methods make one pass;
 federated runs split the pool over ``--clients`` clients (IID and Dirichlet α = 0.5) and take
-``--rounds`` rounds of ``examples / (32 * clients * rounds)`` local steps. Prints one JSON object
+``--rounds`` rounds of ``examples / (batch * clients * rounds)`` local steps (``--batch``, default 32,
+is every method's batch size). ``--set`` overrides come last, so they win over the per-kind settings. Prints one JSON object
 with the validation metric of every method (and, for federated runs, per round).
 
     python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/bench_acc
@@ -74,19 +75,21 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--examples", type=int, default=9600)
+    parser.add_argument("--batch", type=int, default=32, help="batch size of every method (client batch when federated)")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", nargs="+", default=list(KIND_SETTINGS))
-    parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet"])
+    parser.add_argument("--kinds", nargs="*", default=list(KIND_SETTINGS))
+    parser.add_argument("--partitions", nargs="*", default=["iid", "dirichlet"])
     parser.add_argument("--full-lr", type=float, default=5e-5)
     parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--skip-central", action="store_true", help="skip centralized mask training")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
-    batch = 32
+    batch = args.batch
     steps = args.examples // batch
     local_steps = math.ceil(steps / (args.clients * args.rounds))
-    common = [*args.overrides, f"data.max_train_examples={args.examples}", f"train.batch_size={batch}",
-              "train.max_steps=null", "mask.encoding=auto"]
+    common = [f"data.max_train_examples={args.examples}", f"train.batch_size={batch}", "train.max_steps=null",
+              "mask.encoding=auto"]
     results: dict = {"config": args.config, "overrides": args.overrides, "examples_seen": args.examples,
                      "batch_size": batch, "clients": args.clients, "rounds": args.rounds,
                      "local_steps": local_steps, "methods": {}}
@@ -97,19 +100,20 @@ def main() -> None:
         print(f"{name}: {json.dumps(value)[:300]}", file=sys.stderr, flush=True)
 
     if not args.skip_full:
-        cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/full"])
+        cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/full", *args.overrides])
         record("full_finetuning", full_finetune(cfg, steps, args.full_lr))
     for kind in args.kinds:
-        cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind], f"run_dir={args.out_dir}/central_{kind}",
-                                        "federation.num_clients=1", "federation.rounds=1", "federation.partition=iid",
-                                        f"train.max_steps={steps}"])
-        record(f"central_{kind}", masked(cfg)[-1])
+        if not args.skip_central:
+            cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind], f"run_dir={args.out_dir}/central_{kind}",
+                                            "federation.num_clients=1", "federation.rounds=1",
+                                            "federation.partition=iid", f"train.max_steps={steps}", *args.overrides])
+            record(f"central_{kind}", masked(cfg)[-1])
         for partition in args.partitions:
             cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind],
                                             f"run_dir={args.out_dir}/fed_{kind}_{partition}",
                                             f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
                                             f"federation.partition={partition}", "federation.dirichlet_alpha=0.5",
-                                            f"train.max_steps={local_steps}"])
+                                            f"train.max_steps={local_steps}", *args.overrides])
             record(f"federated_{kind}_{partition}", masked(cfg))
     results["seconds"] = time.perf_counter() - start
     json.dump(results, sys.stdout, indent=2)

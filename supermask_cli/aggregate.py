@@ -13,7 +13,8 @@ Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median)
 (example-weighted mean with each client's share of the weight capped) and ``filtered`` (drop
 whole clients whose upload is an outlier in :func:`surprise` against the global, then ``mean``).
 ``mean``, ``capped`` and ``filtered`` are linear, so :class:`RunningMean` computes them one client
-at a time.
+at a time. ``server_step`` (``federation.server_lr``) then moves the global from its previous
+value by a server learning rate before ``finalize``.
 
 Coordinate-wise ``median`` and ``trimmed_mean`` of *sampled* bernoulli masks push probs towards 0
 or 1, so the evaluated network stops matching the thinned networks the clients trained: prefer
@@ -139,6 +140,24 @@ def finalizer(client_key: str, kind: str) -> Callable[[torch.Tensor], torch.Tens
     return lambda reduced: reduced
 
 
+def server_step(
+    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, lr: float
+) -> dict[str, torch.Tensor]:
+    """Server learning rate: move each reduced value from the previous global by ``lr``,
+    g + lr·(reduced − g) (1 = plain averaging, > 1 extrapolates the clients' mean update).
+    Threshold masks are votes, not averages, and pass through."""
+    if lr == 1.0:
+        return reduced
+    out = {}
+    for key, value in reduced.items():
+        if key.startswith("mask/") and kind == "threshold":
+            out[key] = value
+            continue
+        old = previous[global_key(key, kind)].float()
+        out[key] = old + lr * (value - old)
+    return out
+
+
 def finalize(sums: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
     """Global tensors from reduced client values."""
     return {global_key(k, kind): finalizer(k, kind)(v) for k, v in sums.items()}
@@ -152,13 +171,18 @@ def aggregate_stacked(
     *,
     trim_ratio: float = 0.1,
     max_share: float = 1.0,
+    previous: dict[str, torch.Tensor] | None = None,
+    server_lr: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Aggregate decoded client tensors (all in memory) into global tensors."""
+    """Aggregate decoded client tensors (all in memory) into global tensors; ``previous`` (the
+    round's global) is needed only when ``server_lr`` is not 1."""
     w = torch.tensor(weights, dtype=torch.float64)
     reduced = {
         key: reduce(rule, torch.stack([c[key].float() for c in clients]), w, trim_ratio=trim_ratio, max_share=max_share)
         for key in clients[0]
     }
+    if server_lr != 1.0:
+        reduced = server_step(reduced, previous or {}, kind, server_lr)
     return finalize(reduced, kind)
 
 

@@ -67,6 +67,7 @@ class FederationConfig(_Section):
     filter_k: float = Field(3.0, gt=0.0)
     min_clients: int = Field(1, ge=1)
     max_client_examples: int = Field(10_000_000, ge=1)
+    server_lr: float = Field(1.0, gt=0.0, le=10.0)
 
 
 class TrainConfig(_Section):
@@ -76,6 +77,7 @@ class TrainConfig(_Section):
     lr: float | None = Field(None, gt=0.0)
     head_lr: float = Field(1e-3, gt=0.0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    schedule: Literal["linear", "constant"] = "linear"
     head_weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     device: str = "auto"

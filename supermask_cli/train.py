@@ -27,6 +27,7 @@ class TrainSettings:
     lr: float
     head_lr: float
     warmup_ratio: float
+    schedule: str
     head_weight_decay: float
     max_grad_norm: float | None
     max_length: int
@@ -79,11 +80,14 @@ def batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator)
     return batches[:steps]
 
 
-def linear_schedule(total: int, warmup: int):
+def linear_schedule(total: int, warmup: int, decay: bool = True):
+    """LR factor per step: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``
+    (or, with ``decay=False``, constant)."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(warmup, 1)
-        return max(0.0, (total - step) / max(total - warmup, 1))
+        return max(0.0, (total - step) / max(total - warmup, 1)) if decay else 1.0
 
     return factor
 
@@ -124,7 +128,7 @@ def train_masks(
     precision: str,
     description: str,
 ) -> TrainResult:
-    """Train mask scores (Adam) and the head (AdamW) with a linear warmup/decay schedule."""
+    """Train mask scores (Adam) and the head (AdamW): linear warmup, then linear decay or constant."""
     n = len(examples)
     steps = settings.max_steps or settings.epochs * math.ceil(n / settings.batch_size)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -134,7 +138,7 @@ def train_masks(
         make_optimizer(torch.optim.Adam, mask_params, lr=settings.lr),
         make_optimizer(torch.optim.AdamW, head_params, lr=settings.head_lr, weight_decay=settings.head_weight_decay),
     ]
-    factor = linear_schedule(steps, int(settings.warmup_ratio * steps))
+    factor = linear_schedule(steps, int(settings.warmup_ratio * steps), decay=settings.schedule == "linear")
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
     amp = autocast_dtype(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)

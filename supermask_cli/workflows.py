@@ -16,7 +16,16 @@ from typing import Any
 import torch
 
 from . import __version__, checkpoint, coding, data, storage
-from .aggregate import STREAMING_RULES, RunningMean, aggregate_stacked, capped_weights, finalize, outliers, surprise
+from .aggregate import (
+    STREAMING_RULES,
+    RunningMean,
+    aggregate_stacked,
+    capped_weights,
+    finalize,
+    outliers,
+    server_step,
+    surprise,
+)
 from .checkpoint import AggregationMeta, BaseModelMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta, TargetMeta
 from .config import Config, config_digest, config_from_dict, dump_config
 from .errors import CheckpointError, SupermaskError
@@ -424,6 +433,7 @@ def train_client(
         lr=cfg.train.lr or DEFAULT_LR[cfg.mask.kind],
         head_lr=cfg.train.head_lr,
         warmup_ratio=cfg.train.warmup_ratio,
+        schedule=cfg.train.schedule,
         head_weight_decay=cfg.train.head_weight_decay,
         max_grad_norm=cfg.train.max_grad_norm,
         max_length=cfg.model.max_length,
@@ -568,11 +578,12 @@ def aggregate(
             f"{cfg.federation.min_clients}" + (f"; first dropped: {dropped[0].reason}" if dropped else "")
         )
     if rule in STREAMING_RULES:
-        tensors = finalize(running.result(), gl.meta.kind)
+        reduced = server_step(running.result(), gl.tensors, gl.meta.kind, cfg.federation.server_lr)
+        tensors = finalize(reduced, gl.meta.kind)
     else:
         tensors = aggregate_stacked(
             [t for t, _ in accepted], [w for _, w in accepted], gl.meta.kind, rule,
-            trim_ratio=cfg.federation.trim_ratio,
+            trim_ratio=cfg.federation.trim_ratio, previous=gl.tensors, server_lr=cfg.federation.server_lr,
         )
     total = sum(r.num_examples for r in records)
     meta = gl.meta.model_copy(
