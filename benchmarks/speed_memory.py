@@ -16,6 +16,11 @@ b. ``eval``: examples/s (no_grad, batch ``--eval-batch-size``) of the exported m
    (``workflows.export`` + ``from_pretrained``) against the plain HF model.
 c. ``memory``: peak RSS (``ru_maxrss``) of a fresh child process per measurement that loads
    the model and runs ``--memory-steps`` training steps; mask training vs full fine-tuning.
+   With ``--device cuda`` also the child's peak GPU memory held by tensors
+   (``torch.cuda.max_memory_allocated``; ``peak_gpu_mib``, without the CUDA context).
+
+``--device cuda`` puts models, optimizers and batches on the GPU and synchronizes around every
+timed call; ``--precision bf16`` runs every method's forward under bf16 autocast.
 
 Ratios are medians of paired per-step ratios (step i of A over step i of B, same batch).
 On a CPU shared with other jobs, every parallel (OpenMP) op waits for a second core, so with
@@ -24,11 +29,13 @@ torch's default threads a step is dominated by the number of full-size ops, not 
 
     HF_HUB_OFFLINE=1 python benchmarks/speed_memory.py                      # both kinds, ~4 min on 2 cores
     python benchmarks/speed_memory.py --kind bernoulli --steps 2 --reps 10 --threads 1 --skip eval memory
+    python benchmarks/speed_memory.py --device cuda --precision bf16 --steps 5 --reps 10 --eval-reps 20
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -80,6 +87,23 @@ def _heavy(threads: int | None = None) -> None:
     linear_schedule = supermask_cli.train.linear_schedule
 
 
+def target_device(name: str) -> torch.device:
+    """The measured device; exits with one line where CUDA is asked for and absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("speed_memory.py: --device cuda, but torch.cuda.is_available() is False on this machine")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast around a forward, or nothing (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 MODEL = "packaged:all-MiniLM-L6-v2"
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "sst2", "train.tsv")
 LABELS = ["negative", "positive"]
@@ -99,20 +123,21 @@ def read_sentences(path: str) -> tuple[list[str], np.ndarray]:
     return [r[s] for r in body], np.array([int(r[y]) for r in body])
 
 
-def make_batches(tokenizer, path: str, count: int, batch_size: int, max_length: int, seed: int = 0) -> list[dict]:
-    """``count`` fixed batches of real sentences, tokenized like the product (padding to the longest)."""
+def make_batches(
+    tokenizer, path: str, count: int, batch_size: int, max_length: int, device: torch.device, seed: int = 0
+) -> list[dict]:
+    """``count`` fixed batches of real sentences on ``device``, tokenized like the product (padding to the longest)."""
     texts, labels = read_sentences(path)
     examples = Examples(texts=[texts], labels=labels)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
-    device = torch.device("cpu")
     return [
         encode_batch(tokenizer, examples, order[i * batch_size : (i + 1) * batch_size], max_length, device)
         for i in range(count)
     ]
 
 
-def make_config(run_dir: str, kind: str, data_path: str):
+def make_config(run_dir: str, kind: str, data_path: str, device: str = "cpu", precision: str = "fp32"):
     return config_from_dict(
         {
             "run_dir": run_dir,
@@ -122,7 +147,7 @@ def make_config(run_dir: str, kind: str, data_path: str):
             "data": {"source": "local", "train_file": data_path, "eval_file": data_path},
             "mask": {"kind": kind, "init_density": 0.99},
             "federation": {"num_clients": 1, "rounds": 1},
-            "train": {"head_lr": HEAD_LR, "max_grad_norm": MAX_GRAD_NORM, "device": "cpu", "precision": "fp32"},
+            "train": {"head_lr": HEAD_LR, "max_grad_norm": MAX_GRAD_NORM, "device": device, "precision": precision},
         },
         source="benchmark",
     )
@@ -143,9 +168,12 @@ def make_global(root: str, kind: str, data_path: str) -> str:
 
 
 def mask_stepper(cfg, global_path: str, total_steps: int):
-    """A closure doing one step of ``train.train_masks`` (same optimizers, schedule, clipping)."""
+    """A closure doing one step of ``train.train_masks`` (same optimizers, schedule, clipping) on
+    ``cfg.train.device`` at ``cfg.train.precision``."""
+    device = torch.device(cfg.train.device)
     gl = load_checkpoint(global_path)
     base = workflows.load_base(cfg, gl.meta.labels)
+    base.model.to(device)  # before the masks, as workflows.train does: scores are made beside the weights
     layers, head_params = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
     model = base.model
     mask_params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
@@ -158,11 +186,12 @@ def mask_stepper(cfg, global_path: str, total_steps: int):
     ]
     factor = linear_schedule(total_steps, int(cfg.train.warmup_ratio * total_steps))
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 and fp32 need no loss scaling
     model.train()
 
     def step(batch: dict) -> float:
-        loss = model(**batch).loss
+        with autocast(device, cfg.train.precision):
+            loss = model(**batch).loss
         scaler.scale(loss).backward()
         if cfg.train.max_grad_norm is not None:
             for opt, group in zip(optimizers, (mask_params, head_params)):
@@ -185,16 +214,17 @@ def plain_model():
     return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(MODEL), num_labels=2)
 
 
-def full_stepper(fused: bool = False):
+def full_stepper(device: torch.device, precision: str, fused: bool = False):
     """Full fine-tuning: AdamW (lr 5e-5; torch's default implementation, or ``fused``) on every
     parameter, grad clipping at 1.0 (torch's clip_grad_norm_)."""
-    model = plain_model()
+    model = plain_model().to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=FULL_LR, **({"fused": True} if fused else {}))
 
     def step(batch: dict) -> float:
-        loss = model(**batch).loss
+        with autocast(device, precision):
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
@@ -204,16 +234,17 @@ def full_stepper(fused: bool = False):
     return step
 
 
-def frozen_stepper():
+def frozen_stepper(device: torch.device, precision: str):
     """The floor: plain model frozen except the head; forward + backward, no optimizer."""
-    model = plain_model()
+    model = plain_model().to(device)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("classifier."))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step(batch: dict) -> float:
-        loss = model(**batch).loss
+        with autocast(device, precision):
+            loss = model(**batch).loss
         loss.backward()
         for p in params:
             p.grad = None
@@ -222,8 +253,11 @@ def frozen_stepper():
     return step
 
 
-def interleaved(funcs: dict, inputs: list, reps: int, per_rep: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Per-call seconds of each function, run round-robin: rep r runs every function on the same inputs."""
+def interleaved(
+    funcs: dict, inputs: list, reps: int, per_rep: int, device: torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Per-call seconds of each function, run round-robin: rep r runs every function on the same inputs
+    (on CUDA, synchronized before the clock starts and before it stops)."""
     for _ in range(warmup):
         for f in funcs.values():
             f(inputs[0])
@@ -234,8 +268,10 @@ def interleaved(funcs: dict, inputs: list, reps: int, per_rep: int, warmup: int 
         i += per_rep
         for name, f in funcs.items():
             for x in chunk:
+                synchronize(device)
                 t0 = time.perf_counter()
                 f(x)
+                synchronize(device)
                 times[name].append(time.perf_counter() - t0)
     return times
 
@@ -261,6 +297,7 @@ def child_main(args) -> None:
     """A child process: ``prepare`` writes the globals; otherwise one memory measurement
     (load, then ``--memory-steps`` training steps) printed as JSON, in MiB."""
     _heavy(args.threads)
+    device = target_device(args.device)
     if args.child == "prepare":
         print(json.dumps({k: make_global(args.root, k, args.data) for k in args.kinds}))
         return
@@ -268,26 +305,35 @@ def child_main(args) -> None:
 
     torch.manual_seed(0)
     if args.child == "full":
-        step = full_stepper()
+        step = full_stepper(device, args.precision)
     else:
-        cfg = make_config(os.path.join(args.root, f"run_{args.child}"), args.child, args.data)
+        cfg = make_config(os.path.join(args.root, f"run_{args.child}"), args.child, args.data, args.device,
+                          args.precision)
         step = mask_stepper(cfg, global_path(args.root, args.child), args.memory_steps)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MODEL))
-    batches = make_batches(tokenizer, args.data, args.memory_steps, args.batch_size, args.max_length, seed=1)
+    batches = make_batches(tokenizer, args.data, args.memory_steps, args.batch_size, args.max_length, device, seed=1)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = {"loaded_gpu_mib": torch.cuda.memory_allocated(device) / 2**20} if device.type == "cuda" else {}
     for batch in batches:
         step(batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak, "loaded_mib": loaded, "vm_hwm_mib": vm_hwm_mib()}))
+    if device.type == "cuda":  # a fresh process: the peak counts from its start, loading included, as ru_maxrss
+        synchronize(device)
+        gpu["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        gpu["peak_gpu_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    print(json.dumps({"peak_mib": peak, "loaded_mib": loaded, "vm_hwm_mib": vm_hwm_mib(), **gpu}))
 
 
 def run_child(what: str, args, root: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--root", root, "--data", args.data,
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-           "--memory-steps", str(args.memory_steps), "--kinds", *args.kinds]
+           "--memory-steps", str(args.memory_steps), "--device", args.device, "--precision", args.precision,
+           "--kinds", *args.kinds]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode:
+        sys.exit(out.stderr.rstrip() or f"speed_memory.py: child {what!r} exited with {out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -306,6 +352,8 @@ def main() -> None:
     parser.add_argument("--eval-reps", type=int, default=5, help="interleaved rounds over the eval models")
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast every forward")
     parser.add_argument("--no-full-fused", action="store_true", help="skip full fine-tuning with fused AdamW")
     parser.add_argument("--skip", nargs="*", default=[], choices=["step", "eval", "memory"])
     parser.add_argument("--data", default=os.path.normpath(DATA))
@@ -327,9 +375,12 @@ def main() -> None:
             memory["full"] = run_child("full", args, root)
             for k in kinds:
                 memory[f"mask_{k}/full"] = memory[f"mask_{k}"]["peak_mib"] / memory["full"]["peak_mib"]
+                if args.device == "cuda":
+                    memory[f"mask_{k}/full_gpu"] = memory[f"mask_{k}"]["peak_gpu_mib"] / memory["full"]["peak_gpu_mib"]
             memory["steps"] = args.memory_steps
 
         _heavy(args.threads)
+        device = target_device(args.device)
         import transformers
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -343,21 +394,26 @@ def main() -> None:
             "transformers": transformers.__version__,
             "threads": torch.get_num_threads(),
         }
-        report.update(model=MODEL, batch_size=args.batch_size, max_length=args.max_length)
+        if device.type == "cuda":
+            report["machine"].update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+        report.update(model=MODEL, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                      max_length=args.max_length)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MODEL))
-        cfgs = {k: make_config(os.path.join(root, f"run_{k}"), k, args.data) for k in kinds}
+        cfgs = {
+            k: make_config(os.path.join(root, f"run_{k}"), k, args.data, args.device, args.precision) for k in kinds
+        }
 
         if "step" not in args.skip:
             n = args.steps * args.reps
-            batches = make_batches(tokenizer, args.data, n, args.batch_size, args.max_length)
+            batches = make_batches(tokenizer, args.data, n, args.batch_size, args.max_length, device)
             report["mean_tokens_per_batch"] = float(np.mean([b["input_ids"].shape[1] for b in batches]))
             funcs = {f"mask_{k}": mask_stepper(cfgs[k], paths[k], n + 10) for k in kinds}
-            funcs["full"] = full_stepper()
+            funcs["full"] = full_stepper(device, args.precision)
             if not args.no_full_fused:
-                funcs["full_fused"] = full_stepper(fused=True)
-            funcs["frozen"] = frozen_stepper()
+                funcs["full_fused"] = full_stepper(device, args.precision, fused=True)
+            funcs["frozen"] = frozen_stepper(device, args.precision)
             torch.manual_seed(0)
-            times = interleaved(funcs, batches, args.reps, args.steps)
+            times = interleaved(funcs, batches, args.reps, args.steps, device)
             step = {"median_s": {k: statistics.median(v) for k, v in times.items()}, "samples": n}
             for k in kinds:
                 step[f"mask_{k}/full"] = median_ratio(times, f"mask_{k}", "full")
@@ -372,21 +428,23 @@ def main() -> None:
             kind = kinds[0]
             out_dir = os.path.join(root, "exported")
             workflows.export(paths[kind], out_dir, cfg=cfgs[kind])
-            exported = AutoModelForSequenceClassification.from_pretrained(out_dir).eval()
-            plain = plain_model().eval()
-            eval_batches = make_batches(tokenizer, args.data, args.eval_batches, args.eval_batch_size, args.max_length, 2)
+            exported = AutoModelForSequenceClassification.from_pretrained(out_dir).to(device).eval()
+            plain = plain_model().to(device).eval()
+            eval_batches = make_batches(tokenizer, args.data, args.eval_batches, args.eval_batch_size, args.max_length,
+                                        device, seed=2)
             for b in eval_batches:
                 b.pop("labels")
 
             def runner(model):
                 @torch.no_grad()
                 def run(batch):
-                    return model(**batch).logits
+                    with autocast(device, args.precision):
+                        return model(**batch).logits
 
                 return run
 
             times = interleaved({"exported": runner(exported), "plain": runner(plain)}, eval_batches,
-                                args.eval_reps, args.eval_batches, warmup=1)
+                                args.eval_reps, args.eval_batches, device, warmup=1)
             rows = statistics.mean(b["input_ids"].shape[0] for b in eval_batches)
             report["eval"] = {
                 "kind": kind,
