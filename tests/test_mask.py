@@ -367,3 +367,11 @@ def test_fingerprint_stable_and_sensitive(tiny_globals):
     with torch.no_grad():
         second.model.get_submodule(second.targets[5]).weight[0, 0] += 1e-3
     assert second.fingerprint() != first.fingerprint()
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "threshold", "scaling"])
+def test_trainable_tensors_live_on_the_base_weights_device(kind):
+    # A model moved to the GPU before injection must get its scores / scaling vectors there too
+    # (the "meta" device stands in for CUDA on a CPU-only machine).
+    layer = MaskedLinear(nn.Linear(4, 3, device="meta"), kind)
+    assert {p.device.type for p in layer.parameters()} == {"meta"}

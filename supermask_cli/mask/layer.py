@@ -38,7 +38,7 @@ class MaskedLinear(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         if kind == "scaling":
-            self.scale = nn.Parameter(torch.ones(out_features(base)))
+            self.scale = nn.Parameter(torch.ones(out_features(base), device=base.weight.device))
         else:
             self.scores = nn.Parameter(torch.zeros_like(base.weight, dtype=torch.float32))
 
