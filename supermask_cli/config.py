@@ -77,7 +77,7 @@ class TrainConfig(_Section):
     lr: float | None = Field(None, gt=0.0)
     head_lr: float = Field(1e-3, gt=0.0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    schedule: Literal["linear", "constant"] = "linear"
+    schedule: Literal["linear", "constant"] = "constant"
     head_weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     device: str = "auto"

@@ -57,13 +57,14 @@ class _ThresholdSTE(torch.autograd.Function):
 
 
 class _BernoulliMaskedWeight(torch.autograd.Function):
-    """W_eff = W * m, m ~ Bernoulli(sigmoid(scores)); sigmoid-scaled STE for scores, W frozen."""
+    """W_eff = W * m, m ~ Bernoulli(sigmoid(scores)); sigmoid-scaled STE for scores, W frozen.
+    Backward recomputes the probs from the scores rather than keeping a float copy per layer alive
+    between forward and backward (one weight-sized tensor per target layer of peak memory)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, private_grad: bool) -> torch.Tensor:  # type: ignore[override]
-        probs = torch.sigmoid(scores)
-        mask = torch.bernoulli(probs)
-        ctx.save_for_backward(weight, probs)
+        mask = torch.bernoulli(torch.sigmoid(scores))
+        ctx.save_for_backward(weight, scores)
         ctx.private_grad = private_grad
         if mask.dtype == weight.dtype:
             return mask.mul_(weight)  # weight * mask, written over the mask (no longer needed)
@@ -71,9 +72,9 @@ class _BernoulliMaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
-        weight, probs = ctx.saved_tensors
-        grad_mask = _times_weight(grad, weight, ctx.private_grad).to(probs.dtype)  # fresh, or ours to overwrite
-        return None, _sigmoid_scaled(grad_mask, probs, inplace=True), None
+        weight, scores = ctx.saved_tensors
+        grad_mask = _times_weight(grad, weight, ctx.private_grad).to(scores.dtype)  # fresh, or ours to overwrite
+        return None, _sigmoid_scaled(grad_mask, torch.sigmoid(scores), inplace=True), None
 
 
 class _ThresholdMaskedWeight(torch.autograd.Function):
