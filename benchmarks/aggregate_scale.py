@@ -46,7 +46,7 @@ def synthesize(cfg, n: int, encoding: str) -> None:
         meta = gl.meta.model_copy(
             update={"role": "client", "client": client, "num_examples": 100 + client, "parent_digest": gl.digest}
         )
-        if meta.kind == "threshold":
+        if meta.kind == "threshold" and encoding == "coded":
             meta = meta.model_copy(update={"coding_flip_rate": 0.01})
         meta = meta.model_copy(update={"encoding": encoding if meta.kind != "scaling" else "float"})
         stored = checkpoint.encode_tensors(meta, tensors, gl)
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 10, 100])
     parser.add_argument("--rules", nargs="+", default=["mean"])
-    parser.add_argument("--encoding", default="coded", choices=["coded", "packed"])
+    parser.add_argument("--encoding", default="coded", choices=["coded", "sparse", "packed"])
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rule", default="mean", help=argparse.SUPPRESS)

@@ -8,7 +8,8 @@ key                 stored as                              present in
 ``probs/<module>``  float32, the weight's shape            bernoulli globals
 ``mask/<module>``   uint8, 8 weights per byte (``packed``)  threshold globals; bernoulli/threshold
                     or one per weight (``none``)           client uploads
-``code/<module>``   uint8 entropy-coded stream (``coded``)  client uploads coded against their global
+``code/<module>``   uint8 stream coded against the global:  client uploads coded against their global
+                    ANS (``coded``) or surprises (``sparse``)
 ``scale/<module>``  float32, (out_features,)               scaling globals and uploads
 ``head/<param>``    float32, the parameter's shape          every file
 ==================  =====================================  ==========================================
@@ -26,7 +27,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -44,6 +45,8 @@ MAX_ENTRIES = 20_000
 FLIP_RATE_RANGE = (1e-6, 0.5)
 
 GROUPS = ("probs", "mask", "code", "scale", "head")
+CODED_ENCODINGS = ("coded", "sparse")
+"""Encodings stored as ``code/<module>``, decodable only with the global they were coded against."""
 
 
 class _Strict(BaseModel):
@@ -96,7 +99,7 @@ class FileMeta(_Strict):
     labels: list[str] | None
     config_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     parent_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    encoding: Literal["packed", "coded", "none", "float"]
+    encoding: Literal["packed", "coded", "sparse", "none", "float"]
     coding_flip_rate: float | None = None
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
@@ -117,7 +120,7 @@ class Checkpoint(BaseModel):
     """A checkpoint in memory: metadata plus decoded tensors.
 
     Decoded tensors: ``probs/*`` float32, ``mask/*`` bool (the weight's shape), ``scale/*`` and
-    ``head/*`` float32."""
+    ``head/*`` float32. Tensors are never modified after loading (a global caches its sparse plans)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -126,6 +129,7 @@ class Checkpoint(BaseModel):
     digest: str = ""
     path: str = ""
     size: int = 0
+    _sparse_plans: dict[str, coding.SparsePlan] = PrivateAttr(default_factory=dict)
 
     def group(self, group: str) -> dict[str, torch.Tensor]:
         """The tensors of one group keyed by module or parameter name."""
@@ -163,12 +167,22 @@ def reference_probs(meta: FileMeta, name: str, reference: Checkpoint) -> torch.T
     return torch.where(reference.tensors[f"mask/{name}"], 1.0 - rate, rate).float()
 
 
+def reference_plan(reference: Checkpoint, name: str) -> coding.SparsePlan:
+    """The plan that ``sparse`` masks of module ``name`` are coded with: computed once per global.
+
+    It depends on the global alone (threshold: its mask, as if the flip rate were the minimum)."""
+    plans = reference._sparse_plans
+    if name not in plans:
+        plans[name] = coding.sparse_plan(reference_probs(reference.meta, name, reference))
+    return plans[name]
+
+
 def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
     if meta.kind == "scaling":
         return ("scale", "head")
     if meta.role == "global":
         return ("probs", "head") if meta.kind == "bernoulli" else ("mask", "head")
-    return ("code" if meta.encoding == "coded" else "mask", "head")
+    return ("code" if meta.encoding in CODED_ENCODINGS else "mask", "head")
 
 
 def _expected_encoding(meta: FileMeta) -> set[str]:
@@ -176,7 +190,7 @@ def _expected_encoding(meta: FileMeta) -> set[str]:
         return {"float"}
     if meta.role == "global":
         return {"packed"}
-    return {"packed", "coded", "none"}
+    return {"packed", "coded", "sparse", "none"}
 
 
 def encode_tensors(
@@ -195,7 +209,10 @@ def encode_tensors(
         else:
             if reference is None:
                 raise SupermaskError("a coded mask needs the global it is coded against")
-            blob = coding.encode_mask(value, reference_probs(meta, name, reference))
+            if meta.encoding == "sparse":
+                blob = coding.encode_sparse(value, reference_plan(reference, name))
+            else:
+                blob = coding.encode_mask(value, reference_probs(meta, name, reference))
             out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
     return out
 
@@ -275,6 +292,8 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "metadata 'client' must be set for client files and only for them")
     if meta.encoding == "coded" and meta.kind == "threshold" and meta.coding_flip_rate is None:
         raise _fail(path, "coded threshold file lacks 'coding_flip_rate'")
+    if meta.encoding == "sparse" and meta.coding_flip_rate is not None:
+        raise _fail(path, "sparse file must not set 'coding_flip_rate'")
     if meta.coding_flip_rate is not None and not math.isfinite(meta.coding_flip_rate):
         raise _fail(path, "metadata 'coding_flip_rate' is not a finite number")
     return meta
@@ -349,9 +368,12 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
         else:
             if reference is None:
                 raise _fail(path, "is entropy-coded; decoding it needs the global it was coded against")
-            probs = reference_probs(meta, name, reference)
+            blob = value.numpy().tobytes()
             try:
-                out[f"mask/{name}"] = coding.decode_mask(value.numpy().tobytes(), probs)
+                if meta.encoding == "sparse":
+                    out[f"mask/{name}"] = coding.decode_sparse(blob, reference_plan(reference, name))
+                else:
+                    out[f"mask/{name}"] = coding.decode_mask(blob, reference_probs(meta, name, reference))
             except CheckpointError as exc:
                 raise _fail(path, f"tensor {key!r} does not decode: {exc}") from None
     return out
@@ -362,12 +384,11 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
     header, _ = parse_header(data, path)
     meta = parse_meta(header, path)
     _check_tensors(meta, header, path)
-    if reference is not None and meta.encoding == "coded" and meta.parent_digest != reference.digest:
-        raise _fail(path, "was coded against another global (parent digest differs); re-run train-client")
-    if reference is not None and meta.encoding == "coded" and (
-        meta.kind != reference.meta.kind or meta.targets != reference.meta.targets
-    ):
-        raise _fail(path, "its mask kind or target modules differ from the global it is coded against")
+    if reference is not None and meta.encoding in CODED_ENCODINGS:
+        if meta.parent_digest != reference.digest:
+            raise _fail(path, "was coded against another global (parent digest differs); re-run train-client")
+        if meta.kind != reference.meta.kind or meta.targets != reference.meta.targets:
+            raise _fail(path, "its mask kind or target modules differ from the global it is coded against")
     try:
         stored = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data

@@ -46,7 +46,7 @@ class MaskConfig(_Section):
     threshold: float = 0.01
     init_score: float = 0.02
     eval: Literal["expected", "sample"] = "expected"
-    encoding: Literal["auto", "none", "packed", "coded"] = "auto"
+    encoding: Literal["auto", "none", "packed", "coded", "sparse"] = "auto"
 
     @model_validator(mode="after")
     def _check_threshold(self) -> MaskConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from supermask_cli import checkpoint, workflows
+from supermask_cli import checkpoint, coding, workflows
 from supermask_cli.checkpoint import FileMeta, load_checkpoint, loads, save_checkpoint, serialize
 from supermask_cli.config import load_config
 from supermask_cli.errors import CheckpointError, SupermaskError
@@ -122,7 +122,9 @@ def _client_meta(gl, encoding: str) -> FileMeta:
     return gl.meta.model_copy(update=update)
 
 
-CLIENT_CASES = [(k, e) for k in ("bernoulli", "threshold") for e in ("packed", "none", "coded")] + [("scaling", "float")]
+CLIENT_CASES = [(k, e) for k in ("bernoulli", "threshold") for e in ("packed", "none", "coded", "sparse")] + [
+    ("scaling", "float")
+]
 
 
 @pytest.mark.parametrize("kind,encoding", CLIENT_CASES)
@@ -134,12 +136,12 @@ def test_client_file_round_trip_bit_exact(globals_by_kind, kind, encoding):
     # Execute
     stored = checkpoint.encode_tensors(meta, tensors, gl)
     data = serialize(meta, stored)
-    decoded = loads(data, "client", reference=gl if encoding == "coded" else None)
+    decoded = loads(data, "client", reference=gl if encoding in checkpoint.CODED_ENCODINGS else None)
     # Assert
     _assert_same(decoded.tensors, tensors)
     assert decoded.meta == meta
     keys = _header_keys(data)
-    group = {"packed": "mask/", "none": "mask/", "coded": "code/", "float": "scale/"}[encoding]
+    group = {"packed": "mask/", "none": "mask/", "coded": "code/", "sparse": "code/", "float": "scale/"}[encoding]
     assert {k.split("/")[0] + "/" for k in keys} == {group, "head/"}
     if encoding == "none":
         name = next(iter(meta.targets))
@@ -151,9 +153,10 @@ def test_client_file_round_trip_bit_exact(globals_by_kind, kind, encoding):
         assert stored[f"mask/{name}"].shape == ((rows * cols + 7) // 8,)
 
 
-def test_coded_client_needs_its_global(globals_by_kind):
+@pytest.mark.parametrize("encoding", checkpoint.CODED_ENCODINGS)
+def test_coded_client_needs_its_global(globals_by_kind, encoding):
     _, gl, _ = globals_by_kind["bernoulli"]
-    meta = _client_meta(gl, "coded")
+    meta = _client_meta(gl, encoding)
     data = serialize(meta, checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), gl))
     with pytest.raises(CheckpointError, match="needs the global"):
         loads(data, "c.safetensors")
@@ -162,14 +165,15 @@ def test_coded_client_needs_its_global(globals_by_kind):
 
 
 @pytest.mark.parametrize("kind", ["bernoulli", "threshold"])
-def test_coded_client_refused_with_another_global(globals_by_kind, tmp_path, kind):
+@pytest.mark.parametrize("encoding", checkpoint.CODED_ENCODINGS)
+def test_coded_client_refused_with_another_global(globals_by_kind, tmp_path, kind, encoding):
     # Prepare: the same global content under another round number is another file (another digest)
     _, gl, _ = globals_by_kind[kind]
     other_meta = gl.meta.model_copy(update={"round": 3})
     other_bytes = serialize(other_meta, checkpoint.encode_tensors(other_meta, gl.tensors, None))
     other = loads(other_bytes, "other")
     assert other.digest != gl.digest
-    meta = _client_meta(gl, "coded")
+    meta = _client_meta(gl, encoding)
     data = serialize(meta, checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), gl))
     # Execute / Assert
     with pytest.raises(CheckpointError) as info:
@@ -177,6 +181,42 @@ def test_coded_client_refused_with_another_global(globals_by_kind, tmp_path, kin
     message = str(info.value)
     assert "parent digest" in message or "coded against" in message
     assert message.startswith("c.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "threshold"])
+def test_sparse_plans_are_computed_once_per_global(globals_by_kind, monkeypatch, kind):
+    # Prepare: a fresh copy of the global, and a counting plan builder
+    _, gl, _ = globals_by_kind[kind]
+    reference = loads(serialize(gl.meta, checkpoint.encode_tensors(gl.meta, gl.tensors, None)), "g")
+    meta = _client_meta(reference, "sparse")
+    built, build = [], coding.sparse_plan
+    monkeypatch.setattr(coding, "sparse_plan", lambda probs: built.append(1) or build(probs))
+    # Execute: encode and decode three clients against the same global
+    for seed in range(3):
+        tensors = _random_tensors(meta, seed=seed, as_client=True)
+        data = serialize(meta, checkpoint.encode_tensors(meta, tensors, reference))
+        _assert_same(loads(data, f"c{seed}", reference=reference).tensors, tensors)
+    # Assert: one plan per target module, built once
+    assert len(built) == len(meta.targets)
+
+
+def test_sparse_client_with_flip_rate_refused(globals_by_kind):
+    _, gl, _ = globals_by_kind["threshold"]
+    meta = _client_meta(gl, "sparse").model_copy(update={"coding_flip_rate": 0.1})
+    data = serialize(meta, checkpoint.encode_tensors(meta, _random_tensors(meta, as_client=True), gl))
+    with pytest.raises(CheckpointError, match="sparse file must not set 'coding_flip_rate'"):
+        loads(data, "c.safetensors", reference=gl)
+
+
+@pytest.mark.parametrize("bits,chosen", [
+    ({"packed": 1000, "coded": 96, "sparse": 100}, "sparse"),  # coded 4% smaller: sparse decodes faster
+    ({"packed": 1000, "coded": 94, "sparse": 100}, "coded"),  # coded 6% smaller
+    ({"packed": 98, "coded": 97, "sparse": 100}, "packed"),  # coded not 5% below sparse: the smallest other
+    ({"packed": 1000, "coded": 94}, "coded"),
+    ({"sparse": 5}, "sparse"),
+])
+def test_auto_encoding_policy(bits, chosen):
+    assert workflows._preferred(bits) == chosen
 
 
 @pytest.mark.parametrize("kind", KINDS)

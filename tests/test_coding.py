@@ -1,17 +1,23 @@
-"""Tests for supermask_cli.coding: bit packing and entropy coding of binary masks."""
+"""Tests for supermask_cli.coding: bit packing, entropy coding and sparse coding of binary masks."""
 
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supermask_cli.coding import (
     PROB_FLOOR,
+    SPARSE_BUCKETS,
     decode_mask,
+    decode_sparse,
     encode_mask,
+    encode_sparse,
     entropy_bits,
     ideal_bits,
     pack_bits,
+    sparse_plan,
     unpack_bits,
     zstd_packed_bytes,
 )
@@ -173,3 +179,148 @@ def test_entropy_and_ideal_bits_exact():
     assert ideal_bits(torch.tensor([True, False]), torch.tensor([1.0, 0.0])) == pytest.approx(
         -2 * math.log2(1 - PROB_FLOOR)
     )
+
+
+# --- sparse coding -----------------------------------------------------------------------
+
+
+def _sparse_round_trip(mask: torch.Tensor, probs: torch.Tensor) -> bytes:
+    plan = sparse_plan(probs)
+    data = encode_sparse(mask, plan)
+    out = decode_sparse(data, plan)
+    assert out.dtype == torch.bool and out.shape == probs.shape
+    assert torch.equal(out, mask.bool().reshape(probs.shape))
+    return data
+
+
+SPECIAL_PROBS = [0.0, 1.0, 0.5, PROB_FLOOR, 1 - PROB_FLOOR, PROB_FLOOR / 3, 2**-1.5, 0.25, 0.999]
+PROBS = st.one_of(st.floats(0, 1, width=32), st.sampled_from(SPECIAL_PROBS))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    probs=st.one_of(
+        st.lists(PROBS, max_size=300),
+        st.tuples(PROBS, st.integers(0, 3000)).map(lambda t: [t[0]] * t[1]),  # all-equal probs
+    ),
+    seed=st.integers(0, 2**31),
+    flip=st.floats(0, 1),
+)
+def test_sparse_round_trip_property(probs, seed, flip):
+    p = torch.tensor(probs, dtype=torch.float32)
+    # a mask sampled from the probs, then a random fraction of its bits flipped
+    mask = _sample(p, seed) ^ (torch.rand(p.shape, generator=_gen(seed + 1)) < flip)
+    _sparse_round_trip(mask, p)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (0,), (0, 4)])
+def test_sparse_round_trip_shapes(shape):
+    probs = torch.rand(shape, generator=_gen(8))
+    _sparse_round_trip(_sample(probs), probs)
+    _sparse_round_trip(~_sample(probs), probs)
+
+
+def test_sparse_buckets_are_half_octaves_of_the_minority_probability():
+    p = torch.tensor([0.5, 0.4, 2**-1.5, 0.3, 0.25, 0.75, 0.01, 0.99, PROB_FLOOR, 0.0, 1.0])
+    plan = sparse_plan(p)
+    bucket = torch.zeros(len(p), dtype=torch.long)
+    for b in range(SPARSE_BUCKETS):
+        bucket[torch.from_numpy(plan.order[plan.bounds[b] : plan.bounds[b + 1]]).long()] = b
+    assert bucket.tolist() == [0, 0, 1, 1, 2, 2, 11, 11, 37, 37, 37]
+    assert SPARSE_BUCKETS == 38
+    assert plan.likely.tolist() == [True, False, False, False, False, True, False, True, False, False, True]
+
+
+def test_sparse_size_close_to_ideal():
+    n = 200_000
+    probs = torch.full((n,), 0.999)
+    probs[torch.rand(n, generator=_gen(3)) < 0.05] = 0.5
+    mask = _sample(probs, seed=4)
+    data = _sparse_round_trip(mask, probs)
+    ideal = ideal_bits(mask, probs)
+    assert ideal - 64 <= 8 * len(data) <= ideal * 1.03 + 64 * 8
+
+
+def test_sparse_all_likely_is_one_byte_per_nonempty_bucket():
+    probs = torch.tensor([0.9, 0.1, 0.5, 0.999, 0.001] * 10)
+    assert encode_sparse(probs >= 0.5, sparse_plan(probs)) == b"\x00\x00\x00"  # buckets 0, 6, 19
+
+
+# --- malformed sparse data ---------------------------------------------------------------
+
+PLAN_1000 = sparse_plan(torch.full((1000,), 0.99))  # one bucket of 1000 elements, likely bit 1
+
+
+def _sparse_refused(data: bytes, match: str, plan=PLAN_1000) -> None:
+    with pytest.raises(CheckpointError, match=match) as info:
+        decode_sparse(data, plan)
+    assert "\n" not in str(info.value)
+
+
+def test_sparse_hand_built_stream():
+    # one surprise at position 40: count 1, k 5, quotient 1 (unary 01), remainder 8 (5 bits)
+    out = decode_sparse(bytes([1, 5, 0b10, 0b01000]), PLAN_1000)
+    assert torch.nonzero(~out).flatten().tolist() == [40]
+    # the encoder's choice: k 4 costs as much (quotient 2, unary 001), and ties go to the smaller k
+    assert encode_sparse(out, PLAN_1000) == bytes([1, 4, 0b100, 0b1000])
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "truncated in its header"),
+    (bytes([1]), "truncated in its header"),
+    (bytes([0x80]), "truncated in its header"),
+    (bytes([0x80, 0x00]), "non-minimal"),
+    (bytes([0xFF] * 10), "overlong"),
+    (bytes([0xE9, 0x07, 0]), "claims 1001 surprises in bucket 11 of 1000"),  # 1001 as a varint
+    (bytes([0xFF] * 8 + [0x7F, 0]), "claims"),  # 2**63 - 1 surprises
+    (bytes([1, 11, 0x01, 0, 0]), "Rice parameter 11 out of range"),  # 1000 elements: k <= 10
+    (bytes([201, 1, 4, 0xFF]), "Rice parameter 4 out of range"),  # 201 * (4 + 1) bits > 1000
+    (bytes([1, 5, 0b10]), "codes 0 gaps, expected 1"),  # remainder byte missing: the unary byte is read as it
+    (bytes([1, 5, 0b10, 0b01000, 0]), "codes 2 gaps, expected 1"),  # a trailing byte: the remainder is read as unary
+    (bytes([1, 5, 0b10, 0, 0b01000]), "stray bytes"),  # a zero byte after the unary stream
+    (bytes([0, 0]), "1-byte unary stream, at most 0 possible"),  # no surprises, a trailing byte
+    (bytes([1, 5, 0b110, 0b01000]), "codes 2 gaps, expected 1"),
+    (bytes([1, 5, 0b10, 0b101000]), "nonzero padding bits"),
+    (bytes([1, 5, 0, 0, 0, 0x80, 0b01000]), "past the end of its bucket"),  # gap 31*32 + 8 = 1000
+    (bytes([1, 5]) + bytes(40) + bytes([1, 0]), "unary stream, at most 4 possible"),
+])
+def test_sparse_malformed_is_refused(data, match):
+    _sparse_refused(data, match)
+
+
+def test_sparse_every_truncation_and_extension_is_refused():
+    probs = torch.rand(5000, generator=_gen(9)) ** 4
+    mask = _sample(probs, seed=10)
+    plan = sparse_plan(probs)
+    data = encode_sparse(mask, plan)
+    for i in range(len(data)):
+        with pytest.raises(CheckpointError):
+            decode_sparse(data[:i], plan)
+    for extra in (b"\x00", b"\x01", b"\xff", b"\x00\x00"):
+        with pytest.raises(CheckpointError):
+            decode_sparse(data + extra, plan)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.floats(0, 1), garbage=st.binary(max_size=64))
+def test_sparse_corrupted_streams_never_crash(edits, cut, garbage):
+    probs = torch.rand(3000, generator=_gen(11)) ** 3
+    plan = sparse_plan(probs)
+    data = bytearray(encode_sparse(_sample(probs, seed=12), plan))
+    for where, value in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    for blob in (bytes(data), bytes(data[: int(cut * len(data))]) + garbage, garbage):
+        try:
+            out = decode_sparse(blob, plan)
+        except CheckpointError as exc:
+            assert "\n" not in str(exc)
+            continue
+        assert out.shape == probs.shape and out.dtype == torch.bool
+
+
+def test_sparse_mask_size_mismatch_and_nan_probs():
+    with pytest.raises(ValueError):
+        encode_sparse(torch.zeros(3, dtype=torch.bool), sparse_plan(torch.full((4,), 0.5)))
+    with pytest.raises(ValueError):
+        sparse_plan(torch.tensor([0.5, float("nan")]))

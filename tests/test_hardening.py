@@ -100,10 +100,12 @@ class Run:
         self.bconfig.write_text(yaml.safe_dump(braw))
         for args in (
             ["init", "-c", self.config],
-            ["train-client", "-c", self.config, "--client", "0"],
+            ["train-client", "-c", self.config, "--client", "0", "--set", "mask.encoding=coded"],
             ["train-client", "-c", self.config, "--client", "1"],
             ["train-client", "-c", self.config, "--client", "2", "--set", "mask.encoding=packed",
              "--out", root / "packed_client.safetensors"],
+            ["train-client", "-c", self.config, "--client", "2", "--set", "mask.encoding=sparse",
+             "--out", root / "sparse_client.safetensors"],
             ["init", "-c", self.bconfig],
         ):
             result = invoke(*args)
@@ -116,6 +118,7 @@ class Run:
         self.client1 = self.layout.client_path(0, 1)
         self.coded = Path(self.client0).read_bytes()
         self.packed = (root / "packed_client.safetensors").read_bytes()
+        self.sparse = (root / "sparse_client.safetensors").read_bytes()
         self.bglobal = Path(Layout(str(root / "run_b")).global_path(0)).read_bytes()
         self.bad_dir = root / "bad"
         self.bad_dir.mkdir()
@@ -134,6 +137,7 @@ def run(tmp_path_factory, tiny_model, tiny_data) -> Run:
 def test_fixture_uploads_are_valid(run):
     assert checkpoint.loads(run.coded, run.client0, reference=run.gl).meta.encoding == "coded"
     assert checkpoint.loads(run.packed, "p", reference=run.gl).meta.encoding == "packed"
+    assert checkpoint.loads(run.sparse, "s", reference=run.gl).meta.encoding == "sparse"
     for path in (run.client0, run.client1):
         workflows.check_client(checkpoint.load_checkpoint(path, reference=run.gl).meta, path, run.gl, run.cfg)
 
@@ -235,6 +239,13 @@ CORPUS: dict[str, tuple] = {
                           "unexpected tensor", None),
     "code_garbage": (lambda r: with_tensor(r.coded, lambda s: {**s, first_key(s, "code"): torch.full((8,), 255, dtype=torch.uint8)}),
                      "does not decode", None),
+    "sparse_garbage": (lambda r: with_tensor(r.sparse, lambda s: {**s, first_key(s, "code"): torch.full((8,), 255, dtype=torch.uint8)}),
+                       "does not decode: sparse mask", None),
+    "sparse_truncated": (lambda r: with_tensor(r.sparse, lambda s: {**s, first_key(s, "code"): s[first_key(s, "code")][:-1].clone()}),
+                         "does not decode: sparse mask", None),
+    "sparse_flip_rate": (lambda r: reserialize(r.sparse, {"coding_flip_rate": 0.01}), "sparse file must not set 'coding_flip_rate'", None),
+    "sparse_other_global": (lambda r: reserialize(r.sparse, {"parent_digest": "2" * 64}), "coded against another global",
+                            "trained from another global file"),
     "other_base_model": (lambda r: reserialize(r.coded, {"base_model": r.gl.meta.base_model.model_copy(update={"fingerprint": "0" * 64})}),
                          "trained against another base model", None),
     "other_round": (lambda r: reserialize(r.coded, {"round": 1}), "trained in round 1, but this is round 0", None),
@@ -428,9 +439,9 @@ def mutate(data: bytes, ops) -> bytes:
 
 
 @FUZZ
-@given(which=st.sampled_from(["coded", "packed", "global"]), ops=OPS)
+@given(which=st.sampled_from(["coded", "sparse", "packed", "global"]), ops=OPS)
 def test_mutated_valid_files(run, which, ops):
-    base = {"coded": run.coded, "packed": run.packed, "global": Path(run.global_path).read_bytes()}[which]
+    base = {"coded": run.coded, "sparse": run.sparse, "packed": run.packed, "global": Path(run.global_path).read_bytes()}[which]
     _only_checkpoint_or_supermask_error(run, mutate(base, ops))
 
 
