@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 
 import fsspec
@@ -57,10 +59,41 @@ def _umask() -> int:
     return mask
 
 
+_TEMP_NAME = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]*\.part$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete the temporary files of writers on this host that were killed mid-write (their
+    process is gone); temp files of live writers and of other hosts sharing the directory stay."""
+    host = socket.gethostname()
+    removed = []
+    for name in os.listdir(directory):
+        match = _TEMP_NAME.match(name)
+        if not match or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:  # another writer removed it first
+            pass
+    return removed
+
+
 def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of the new one.
 
-    Local files: temporary file in the same directory, fsync, rename, fsync of the directory.
+    Local files: temporary file in the same directory (named after host and pid, so that the
+    next write there removes what a killed writer left), fsync, rename, fsync of the directory.
     Object stores: a single PUT, which those stores make atomic. An existing file is kept
     unless ``force``."""
     fs, p = filesystem(path)
@@ -69,7 +102,9 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
     if isinstance(fs, LocalFileSystem):
         directory = os.path.dirname(os.path.abspath(p))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        remove_stale_temps(directory)
+        prefix = f".tmp-{socket.gethostname()}-{os.getpid()}-"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

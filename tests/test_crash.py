@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL `train-client` and `aggregate` at random points, then check that no partial
 file exists under a final name, that only `.tmp-*.part` files are left behind (and ignored), and
-that a re-run gives a file byte-identical to an uninterrupted run."""
+that a re-run gives a file byte-identical to an uninterrupted run and removes those temp files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
-from supermask_cli import checkpoint, workflows
+from supermask_cli import checkpoint, storage, workflows
 from supermask_cli.cli import app
 from supermask_cli.layout import Layout
 
@@ -149,6 +150,7 @@ def train_client_campaign(run: Run) -> None:
 
     run.complete(*args)
     assert Path(final).read_bytes() == reference
+    assert temps(os.path.dirname(final)) == [], "the re-run removes what killed writers left"
     assert [os.path.basename(p) for p in run.layout.client_files(0)] == [f"client_{i:03d}.safetensors" for i in range(3)]
 
 
@@ -162,6 +164,7 @@ def aggregate_campaign(run: Run) -> None:
 
     run.complete(*args)
     assert Path(final).read_bytes() == reference
+    assert temps(os.path.dirname(final)) == [], "the re-run removes what killed writers left"
     assert run.layout.rounds() == [0, 1]
     checkpoint.load_checkpoint(final)
 
@@ -171,6 +174,23 @@ def campaigns(run):
     """Both campaigns touch disjoint files, so they run side by side (one core each)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield {"train-client": pool.submit(train_client_campaign, run), "aggregate": pool.submit(aggregate_campaign, run)}
+
+
+def test_stale_temps_of_dead_writers_on_this_host_are_removed(tmp_path):
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = {
+        "dead": f".tmp-{host}-{int(dead.stdout)}-abc123.part",
+        "live": f".tmp-{host}-{os.getpid()}-def456.part",
+        "other_host": f".tmp-{host}x-{int(dead.stdout)}-ghi789.part",
+        "unrelated": "notes.part",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    storage.write_atomic(str(tmp_path / "global.safetensors"), b"data")
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [names["live"], names["other_host"], names["unrelated"], "global.safetensors"]
+    )
 
 
 def test_train_client_survives_sigkill(campaigns):
