@@ -164,6 +164,18 @@ def finalize(sums: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor
     return {global_key(k, kind): finalizer(k, kind)(v) for k, v in sums.items()}
 
 
+def reduce_stacked(
+    clients: list[dict[str, torch.Tensor]], weights: list[float], rule: str, *, trim_ratio: float = 0.1,
+    max_share: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Reduce decoded client tensors (all in memory) with one rule, per tensor name."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    return {
+        key: reduce(rule, torch.stack([c[key].float() for c in clients]), w, trim_ratio=trim_ratio, max_share=max_share)
+        for key in clients[0]
+    }
+
+
 def aggregate_stacked(
     clients: list[dict[str, torch.Tensor]],
     weights: list[float],
@@ -177,14 +189,8 @@ def aggregate_stacked(
 ) -> dict[str, torch.Tensor]:
     """Aggregate decoded client tensors (all in memory) into global tensors; ``previous`` (the
     round's global) is needed only when ``server_lr`` is not 1."""
-    w = torch.tensor(weights, dtype=torch.float64)
-    reduced = {
-        key: reduce(rule, torch.stack([c[key].float() for c in clients]), w, trim_ratio=trim_ratio, max_share=max_share)
-        for key in clients[0]
-    }
-    if server_lr != 1.0:
-        reduced = server_step(reduced, previous or {}, kind, server_lr)
-    return finalize(reduced, kind)
+    reduced = reduce_stacked(clients, weights, rule, trim_ratio=trim_ratio, max_share=max_share)
+    return finalize(server_step(reduced, previous or {}, kind, server_lr), kind)
 
 
 class RunningMean:

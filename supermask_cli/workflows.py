@@ -19,10 +19,10 @@ from . import __version__, checkpoint, coding, data, storage
 from .aggregate import (
     STREAMING_RULES,
     RunningMean,
-    aggregate_stacked,
     capped_weights,
     finalize,
     outliers,
+    reduce_stacked,
     server_step,
     surprise,
 )
@@ -587,13 +587,12 @@ def aggregate(
             f"{cfg.federation.min_clients}" + (f"; first dropped: {dropped[0].reason}" if dropped else "")
         )
     if rule in STREAMING_RULES:
-        reduced = server_step(running.result(), gl.tensors, gl.meta.kind, cfg.federation.server_lr)
-        tensors = finalize(reduced, gl.meta.kind)
+        reduced = running.result()
     else:
-        tensors = aggregate_stacked(
-            [t for t, _ in accepted], [w for _, w in accepted], gl.meta.kind, rule,
-            trim_ratio=cfg.federation.trim_ratio, previous=gl.tensors, server_lr=cfg.federation.server_lr,
+        reduced = reduce_stacked(
+            [t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio
         )
+    tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
     total = sum(r.num_examples for r in records)
     meta = gl.meta.model_copy(
         update={
