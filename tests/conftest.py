@@ -12,12 +12,27 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 WORDS = ["good", "great", "fun", "love", "best", "bad", "awful", "boring", "hate", "worst", "the", "movie", "was", "a", "plot", "film"]
 POSITIVE = WORDS[:5]
 NEGATIVE = WORDS[5:10]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+
+
+def seeded_base(family: str, n_in: int, n_out: int, seed: int) -> nn.Module:
+    """A small target layer with seeded weights: ``nn.Linear`` (default init) or GPT-2's ``Conv1D``
+    (weight (n_in, n_out), normal init of weight and bias)."""
+    torch.manual_seed(seed)
+    if family == "linear":
+        return nn.Linear(n_in, n_out)
+    layer = Conv1D(n_out, n_in)
+    nn.init.normal_(layer.weight)
+    nn.init.normal_(layer.bias)
+    return layer
 
 
 def build_tiny_model(directory: Path, model_type: str = "bert") -> Path:

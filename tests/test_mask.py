@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from conftest import seeded_base
 from supermask_cli import workflows
 from supermask_cli.checkpoint import load_checkpoint
 from supermask_cli.config import load_config
@@ -105,16 +105,11 @@ def test_density():
 
 
 def _linear() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Linear(5, 3)
+    return seeded_base("linear", 5, 3, seed=1)
 
 
 def _conv1d() -> nn.Module:
-    torch.manual_seed(2)
-    layer = Conv1D(3, 5)  # nf=3 outputs, nx=5 inputs; weight (5, 3)
-    nn.init.normal_(layer.weight)
-    nn.init.normal_(layer.bias)
-    return layer
+    return seeded_base("conv1d", 5, 3, seed=2)
 
 
 BASES = {"linear": _linear, "conv1d": _conv1d}

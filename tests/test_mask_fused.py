@@ -5,24 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from conftest import seeded_base
 from supermask_cli.mask import functions as fn
 from supermask_cli.mask.layer import MaskedLinear, linear_forward
 from supermask_cli.train import clip_grad_norm_, make_optimizer
 
 
 def _linear() -> nn.Module:
-    torch.manual_seed(11)
-    return nn.Linear(7, 5)
+    return seeded_base("linear", 7, 5, seed=11)
 
 
 def _conv1d() -> nn.Module:
-    torch.manual_seed(12)
-    layer = Conv1D(5, 7)  # nf=5 outputs, nx=7 inputs; weight (7, 5)
-    nn.init.normal_(layer.weight)
-    nn.init.normal_(layer.bias)
-    return layer
+    return seeded_base("conv1d", 7, 5, seed=12)
 
 
 BASES = {"linear": _linear, "conv1d": _conv1d}
