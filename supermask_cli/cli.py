@@ -184,7 +184,6 @@ def eval_(
     out.print(f"wrote {path}")
 
 
-
 @app.command()
 @user_errors
 def run(config: ConfigOpt, set_: SetOpt = None) -> None:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import checkpoint, storage
-from .workflows import round_rows
 from .errors import SupermaskError
 from .layout import Layout
+from .workflows import round_rows
 
 MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
 
