@@ -4,10 +4,14 @@ Every method uses the same seed, the same seeded pool of ``--examples`` training
 same total number of examples seen (``--examples``, batch 32): centralized methods make one pass;
 federated runs split the pool over ``--clients`` clients (IID and Dirichlet α = 0.5) and take
 ``--rounds`` rounds of ``examples / (batch * clients * rounds)`` local steps (``--batch``, default 32,
-is every method's batch size). ``--set`` overrides come last, so they win over the per-kind settings. Prints one JSON object
-with the validation metric of every method (and, for federated runs, per round).
+is every method's batch size). ``--set`` overrides come last, so they win over the per-kind settings.
+``--federated-full`` adds FedAvg of full fine-tuning on the same clients, rounds and local steps, which
+separates what federation costs from what masking costs. Prints one JSON object with the validation
+metric of every method (and, for federated runs, per round).
 
     python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/bench_acc
+    python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/fedavg_full \
+        --batch 4 --kinds --partitions dirichlet --skip-full --federated-full
 """
 
 from __future__ import annotations
@@ -65,6 +69,51 @@ def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
     )
 
 
+def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> list[dict]:
+    """FedAvg of full fine-tuning on the same clients, rounds and local steps as the federated mask
+    runs: each client fine-tunes every parameter from the global (fresh AdamW, constant ``lr``), the
+    server averages the floating-point tensors weighted by example counts. Metrics per round."""
+    labels = workflows.resolve_label_names(cfg)
+    cfg = workflows.resolved(cfg, labels)
+    base = workflows.load_base(cfg, labels)
+    model, device = base.model, resolve_device(cfg.train.device)
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    examples = workflows.eval_examples(cfg, labels)
+
+    def evaluate() -> dict:
+        return evaluate_model(model, base.tokenizer, examples, workflows.metric_names(cfg),
+                              batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length, device=device,
+                              precision="fp32")
+
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history = [evaluate()]
+    for rnd in range(cfg.federation.rounds):
+        sums: dict[str, torch.Tensor] = {}
+        total = 0
+        for client in range(cfg.federation.num_clients):
+            data = workflows.client_examples(cfg, client, labels)
+            model.load_state_dict(global_state)
+            model.train()
+            seed = workflows.derive_seed(cfg.seed, rnd, client)
+            torch.manual_seed(seed)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+            for indices in batch_order(len(data), cfg.train.batch_size, local_steps, torch.Generator().manual_seed(seed)):
+                model(**encode_batch(base.tokenizer, data, indices, cfg.model.max_length, device)).loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in model.state_dict().items():
+                if value.is_floating_point():
+                    sums[key] = sums.get(key, 0) + value.detach().double() * len(data)
+            total += len(data)
+        global_state = {k: (sums[k] / total).to(v.dtype) if k in sums else v for k, v in global_state.items()}
+        model.load_state_dict(global_state)
+        history.append(evaluate())
+    return history
+
+
 def masked(cfg: Config) -> list[dict]:
     """A federated (or, with one client and one round, centralized) mask run; metrics per round."""
     return [s.metrics for s in workflows.run(cfg)]
@@ -83,6 +132,8 @@ def main() -> None:
     parser.add_argument("--full-lr", type=float, default=5e-5)
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--skip-central", action="store_true", help="skip centralized mask training")
+    parser.add_argument("--federated-full", action="store_true",
+                        help="also FedAvg of full fine-tuning per partition (constant --full-lr)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     batch = args.batch
@@ -102,6 +153,13 @@ def main() -> None:
     if not args.skip_full:
         cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/full", *args.overrides])
         record("full_finetuning", full_finetune(cfg, steps, args.full_lr))
+    if args.federated_full:
+        for partition in args.partitions:
+            cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/fedavg_full_{partition}",
+                                            f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
+                                            f"federation.partition={partition}", "federation.dirichlet_alpha=0.5",
+                                            *args.overrides])
+            record(f"federated_full_finetuning_{partition}", federated_full_finetune(cfg, local_steps, args.full_lr))
     for kind in args.kinds:
         if not args.skip_central:
             cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind], f"run_dir={args.out_dir}/central_{kind}",
