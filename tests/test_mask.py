@@ -65,30 +65,6 @@ def test_bernoulli_mask_forward_saturated_scores_is_deterministic():
         assert torch.equal(fn.sample_bernoulli_mask(scores), torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))
 
 
-def test_bernoulli_bits_frequencies_and_edges():
-    torch.manual_seed(0)
-    probs = torch.tensor([0.0, 1.0, 0.5, 0.01, 0.99]).repeat_interleave(40_000).view(5, 40_000)
-    freq = fn.bernoulli_bits(probs).double().mean(1)
-    assert freq[0] == 0.0 and freq[1] == 1.0
-    torch.testing.assert_close(freq[2:], torch.tensor([0.5, 0.01, 0.99], dtype=torch.float64), rtol=0, atol=0.004)
-
-
-def test_bernoulli_bits_resolution_is_two_to_the_minus_16():
-    # P(m) is probs rounded up to a multiple of 2^-16: one step above zero is one draw in 65,536
-    torch.manual_seed(1)
-    ones = int(fn.bernoulli_bits(torch.full((4 * 65_536,), 2.0**-17)).sum())
-    assert 0 < ones < 12  # Poisson(4)
-    assert fn.bernoulli_bits(torch.full((3, 5), 0.5)).shape == (3, 5)  # numel not a multiple of 4
-
-
-def test_bernoulli_bits_follow_the_seed():
-    probs = torch.rand(7, 9, generator=torch.Generator().manual_seed(2))
-    torch.manual_seed(3)
-    a = fn.bernoulli_bits(probs)
-    torch.manual_seed(3)
-    assert torch.equal(a, fn.bernoulli_bits(probs)) and a.dtype == torch.bool
-
-
 def test_clamp_probs_and_scores_from_probs_exact():
     # Prepare
     probs = torch.tensor([0.0, 1e-4, 0.5, 0.9999, 1.0])

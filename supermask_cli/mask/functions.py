@@ -26,17 +26,6 @@ BERNOULLI_ESTIMATOR = "sigmoid-scaled"
 THRESHOLD_ESTIMATOR = "identity"
 
 
-def bernoulli_bits(probs: torch.Tensor) -> torch.Tensor:
-    """A bool sample m ~ Bernoulli(probs) from 16 random bits per weight (the default generator of
-    ``probs``' device): m = u < probs·2^16 for u uniform on 0..2^16 − 1, so P(m) is probs rounded up
-    to a multiple of 2^-16. Four draws per 64-bit random word: a quarter of the generator work of
-    ``torch.bernoulli``, which dominated the cost of sampling."""
-    n = probs.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=probs.device).random_(-(2**63), None)
-    bits = words.view(torch.int16)[:n].view(probs.shape)  # u − 2^15, uniform on −2^15..2^15 − 1
-    return bits < probs.float().mul(65536.0).sub_(32768.0)
-
-
 def _sigmoid_scaled(grad: torch.Tensor, probs: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``grad * sigmoid'(scores)`` given ``probs = sigmoid(scores)``: grad * (1 - probs) * probs in one pass."""
     if inplace:
@@ -49,7 +38,7 @@ class _BernoulliSTE(torch.autograd.Function):
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         probs = torch.sigmoid(scores)
         ctx.save_for_backward(probs)
-        return bernoulli_bits(probs).to(scores.dtype)
+        return torch.bernoulli(probs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -74,10 +63,12 @@ class _BernoulliMaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, private_grad: bool) -> torch.Tensor:  # type: ignore[override]
-        mask = bernoulli_bits(torch.sigmoid(scores))
+        mask = torch.bernoulli(torch.sigmoid(scores))
         ctx.save_for_backward(weight, scores)
         ctx.private_grad = private_grad
-        return torch.where(mask, weight, 0.0)  # = weight * mask (sign of zero aside)
+        if mask.dtype == weight.dtype:
+            return mask.mul_(weight)  # weight * mask, written over the mask (no longer needed)
+        return weight * mask.to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:  # type: ignore[override]
