@@ -8,7 +8,9 @@ machine hits every method alike. Absolute times are reported for information onl
 a. ``step``: seconds per training step at ``--batch-size`` / ``--max-length`` (padded to the
    longest in the batch, like ``train.encode_batch``) of
    - ``mask_<kind>``: the product's step (``train.train_masks``: MaskedLinear from a global made
-     by ``workflows.init``, Adam on scores + AdamW on the head, LR schedule, grad clipping),
+     by ``workflows.init``, Adam on scores + AdamW on the head, LR schedule, grad clipping);
+     with the product's default ``train.dropout`` (off for bernoulli); ``mask_<kind>_dropout``
+     (``--mask-dropout``): the same with the model's dropout on,
    - ``full``: full fine-tuning of the plain HF model (AdamW lr 5e-5 on every parameter, torch's
      default implementation, clipping at 1.0); ``full_fused``: the same with ``fused=True``,
    - ``frozen``: the floor, the plain model frozen except the head, forward + backward, no optimizer.
@@ -30,6 +32,7 @@ torch's default threads a step is dominated by the number of full-size ops, not 
     HF_HUB_OFFLINE=1 python benchmarks/speed_memory.py                      # both kinds, ~4 min on 2 cores
     python benchmarks/speed_memory.py --kind bernoulli --steps 2 --reps 10 --threads 1 --skip eval memory
     python benchmarks/speed_memory.py --device cuda --precision bf16 --steps 5 --reps 10 --eval-reps 20
+    python benchmarks/speed_memory.py --kind bernoulli --steps 4 --reps 5 --skip eval memory --profile 12
 """
 
 from __future__ import annotations
@@ -188,6 +191,8 @@ def mask_stepper(cfg, global_path: str, total_steps: int):
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 and fp32 need no loss scaling
     model.train()
+    if hasattr(train, "use_dropout") and not train.use_dropout(cfg.train.dropout, cfg.mask.kind):
+        train.disable_dropout(model)
 
     def step(batch: dict) -> float:
         with autocast(device, cfg.train.precision):
@@ -276,6 +281,24 @@ def interleaved(
     return times
 
 
+def op_profile(funcs: dict, batches: list, top: int) -> dict:
+    """Where each method's step time goes: the ``top`` ops by self CPU time (torch.profiler), in ms
+    per step, with calls per step, over ``batches`` (after the timed runs, so everything is warm)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, func in funcs.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in batches:
+                func(batch)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        out[name] = {
+            e.key: {"ms": round(e.self_cpu_time_total / 1e3 / len(batches), 2), "calls": e.count / len(batches)}
+            for e in events
+        }
+    return out
+
+
 def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
     """Median over reps of the paired ratio a/b (step i of a against step i of b, same batch)."""
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -355,6 +378,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast every forward")
     parser.add_argument("--no-full-fused", action="store_true", help="skip full fine-tuning with fused AdamW")
+    parser.add_argument("--mask-dropout", action="store_true",
+                        help="also time each mask kind with the model's dropout on (mask_<kind>_dropout)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also list each method's N costliest ops (self CPU ms per step, torch.profiler)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["step", "eval", "memory"])
     parser.add_argument("--data", default=os.path.normpath(DATA))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -408,6 +435,10 @@ def main() -> None:
             batches = make_batches(tokenizer, args.data, n, args.batch_size, args.max_length, device)
             report["mean_tokens_per_batch"] = float(np.mean([b["input_ids"].shape[1] for b in batches]))
             funcs = {f"mask_{k}": mask_stepper(cfgs[k], paths[k], n + 10) for k in kinds}
+            if args.mask_dropout:
+                for k in kinds:
+                    cfg = cfgs[k].model_copy(update={"train": cfgs[k].train.model_copy(update={"dropout": True})})
+                    funcs[f"mask_{k}_dropout"] = mask_stepper(cfg, paths[k], n + 10)
             funcs["full"] = full_stepper(device, args.precision)
             if not args.no_full_fused:
                 funcs["full_fused"] = full_stepper(device, args.precision, fused=True)
@@ -415,12 +446,14 @@ def main() -> None:
             torch.manual_seed(0)
             times = interleaved(funcs, batches, args.reps, args.steps, device)
             step = {"median_s": {k: statistics.median(v) for k, v in times.items()}, "samples": n}
-            for k in kinds:
-                step[f"mask_{k}/full"] = median_ratio(times, f"mask_{k}", "full")
-                step[f"mask_{k}/frozen"] = median_ratio(times, f"mask_{k}", "frozen")
+            for m in (name for name in funcs if name.startswith("mask_")):
+                step[f"{m}/full"] = median_ratio(times, m, "full")
+                step[f"{m}/frozen"] = median_ratio(times, m, "frozen")
                 if "full_fused" in times:
-                    step[f"mask_{k}/full_fused"] = median_ratio(times, f"mask_{k}", "full_fused")
+                    step[f"{m}/full_fused"] = median_ratio(times, m, "full_fused")
             step["full/frozen"] = median_ratio(times, "full", "frozen")
+            if args.profile:
+                step["profile"] = op_profile(funcs, batches[: args.steps], args.profile)
             report["step"] = step
             del funcs
 

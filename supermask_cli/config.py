@@ -80,6 +80,7 @@ class TrainConfig(_Section):
     schedule: Literal["linear", "constant"] = "constant"
     head_weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    dropout: bool | None = None  # null: train.use_dropout decides by mask kind
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 

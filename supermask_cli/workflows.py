@@ -36,7 +36,7 @@ from .masked_model import bake_global, trainable_from_global, upload_tensors
 from .model import BaseModel, load_base_model
 from .tasks import TaskSpec, get_task
 from .tracking import TensorBoardLog
-from .train import DEFAULT_LR, TrainSettings, resolve_device, train_masks
+from .train import DEFAULT_LR, TrainSettings, resolve_device, train_masks, use_dropout
 
 # ----------------------------------------------------------------------------------- data builders
 
@@ -447,6 +447,7 @@ def train_client(
         max_grad_norm=cfg.train.max_grad_norm,
         max_length=cfg.model.max_length,
         seed=seed,
+        dropout=use_dropout(cfg.train.dropout, cfg.mask.kind),
     )
     stats = train_masks(
         base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,

@@ -19,3 +19,26 @@ def test_batch_order_reshuffles_each_pass_and_keeps_the_partial_batch():
     batches = batch_order(5, 2, 4, torch.Generator().manual_seed(0))
     assert [len(b) for b in batches] == [2, 2, 1, 2]
     assert sorted(int(i) for b in batches[:3] for i in b) == [0, 1, 2, 3, 4]
+
+
+def test_use_dropout_defaults_off_for_bernoulli_only():
+    from supermask_cli.train import use_dropout
+
+    assert [use_dropout(None, k) for k in ("bernoulli", "threshold", "scaling")] == [False, True, True]
+    assert use_dropout(True, "bernoulli") and not use_dropout(False, "threshold")
+
+
+def test_disable_dropout_makes_the_training_forward_deterministic(tiny_model):
+    from supermask_cli.model import load_base_model
+    from supermask_cli.train import disable_dropout
+
+    model = load_base_model(
+        str(tiny_model), revision=None, num_labels=2, regression=False, target_patterns=None, head_names=None, seed=0
+    ).model.train()
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    torch.manual_seed(0)
+    assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # dropout on
+    disable_dropout(model)
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert torch.allclose(model(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-6)
