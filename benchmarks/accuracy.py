@@ -40,77 +40,73 @@ KIND_SETTINGS = {
 }
 
 
-def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
-    """Centralized full fine-tuning (AdamW on every parameter, linear decay) on the pooled data."""
+def plain_model(cfg: Config):
+    """The resolved config, label names, base model (every parameter trainable) and device."""
     labels = workflows.resolve_label_names(cfg)
     cfg = workflows.resolved(cfg, labels)
-    pool = workflows.train_pool(cfg, labels)
     base = workflows.load_base(cfg, labels)
-    model = base.model
-    for p in model.parameters():
+    for p in base.model.parameters():
         p.requires_grad_(True)
     device = resolve_device(cfg.train.device)
-    model.to(device).train()
-    torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(steps, int(cfg.train.warmup_ratio * steps)))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for indices in batch_order(len(pool), cfg.train.batch_size, steps, generator):
-        loss = model(**encode_batch(base.tokenizer, pool, indices, cfg.model.max_length, device)).loss
-        loss.backward()
+    base.model.to(device)
+    return cfg, labels, base, device
+
+
+def fit(base, data, cfg: Config, steps: int, optimizer, generator: torch.Generator, device, scheduler=None) -> None:
+    """``steps`` steps of full fine-tuning on ``data`` (grad clipping at 1.0)."""
+    model = base.model.train()
+    for indices in batch_order(len(data), cfg.train.batch_size, steps, generator):
+        model(**encode_batch(base.tokenizer, data, indices, cfg.model.max_length, device)).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    examples = workflows.eval_examples(cfg, labels)
+
+
+def evaluate(cfg: Config, labels, base, device) -> dict:
     return evaluate_model(
-        model, base.tokenizer, examples, workflows.metric_names(cfg), batch_size=cfg.eval.batch_size,
-        max_length=cfg.model.max_length, device=device, precision="fp32",
+        base.model, base.tokenizer, workflows.eval_examples(cfg, labels), workflows.metric_names(cfg),
+        batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length, device=device, precision="fp32",
     )
+
+
+def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
+    """Centralized full fine-tuning (AdamW on every parameter, linear decay) on the pooled data."""
+    cfg, labels, base, device = plain_model(cfg)
+    pool = workflows.train_pool(cfg, labels)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(base.model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(steps, int(cfg.train.warmup_ratio * steps)))
+    fit(base, pool, cfg, steps, optimizer, torch.Generator().manual_seed(cfg.seed), device, scheduler)
+    return evaluate(cfg, labels, base, device)
 
 
 def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> list[dict]:
     """FedAvg of full fine-tuning on the same clients, rounds and local steps as the federated mask
     runs: each client fine-tunes every parameter from the global (fresh AdamW, constant ``lr``), the
     server averages the floating-point tensors weighted by example counts. Metrics per round."""
-    labels = workflows.resolve_label_names(cfg)
-    cfg = workflows.resolved(cfg, labels)
-    base = workflows.load_base(cfg, labels)
-    model, device = base.model, resolve_device(cfg.train.device)
-    model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    examples = workflows.eval_examples(cfg, labels)
-
-    def evaluate() -> dict:
-        return evaluate_model(model, base.tokenizer, examples, workflows.metric_names(cfg),
-                              batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length, device=device,
-                              precision="fp32")
-
+    cfg, labels, base, device = plain_model(cfg)
+    model = base.model
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history = [evaluate()]
+    history = [evaluate(cfg, labels, base, device)]
     for rnd in range(cfg.federation.rounds):
         sums: dict[str, torch.Tensor] = {}
         total = 0
         for client in range(cfg.federation.num_clients):
             data = workflows.client_examples(cfg, client, labels)
             model.load_state_dict(global_state)
-            model.train()
             seed = workflows.derive_seed(cfg.seed, rnd, client)
             torch.manual_seed(seed)
             optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-            for indices in batch_order(len(data), cfg.train.batch_size, local_steps, torch.Generator().manual_seed(seed)):
-                model(**encode_batch(base.tokenizer, data, indices, cfg.model.max_length, device)).loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            fit(base, data, cfg, local_steps, optimizer, torch.Generator().manual_seed(seed), device)
             for key, value in model.state_dict().items():
                 if value.is_floating_point():
                     sums[key] = sums.get(key, 0) + value.detach().double() * len(data)
             total += len(data)
         global_state = {k: (sums[k] / total).to(v.dtype) if k in sums else v for k, v in global_state.items()}
         model.load_state_dict(global_state)
-        history.append(evaluate())
+        history.append(evaluate(cfg, labels, base, device))
     return history
 
 
@@ -146,6 +142,10 @@ def main() -> None:
                      "local_steps": local_steps, "methods": {}}
     start = time.perf_counter()
 
+    def federation(partition: str) -> list[str]:
+        return [f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
+                f"federation.partition={partition}", "federation.dirichlet_alpha=0.5"]
+
     def record(name: str, value) -> None:
         results["methods"][name] = value
         print(f"{name}: {json.dumps(value)[:300]}", file=sys.stderr, flush=True)
@@ -156,9 +156,7 @@ def main() -> None:
     if args.federated_full:
         for partition in args.partitions:
             cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/fedavg_full_{partition}",
-                                            f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
-                                            f"federation.partition={partition}", "federation.dirichlet_alpha=0.5",
-                                            *args.overrides])
+                                            *federation(partition), *args.overrides])
             record(f"federated_full_finetuning_{partition}", federated_full_finetune(cfg, local_steps, args.full_lr))
     for kind in args.kinds:
         if not args.skip_central:
@@ -168,9 +166,7 @@ def main() -> None:
             record(f"central_{kind}", masked(cfg)[-1])
         for partition in args.partitions:
             cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind],
-                                            f"run_dir={args.out_dir}/fed_{kind}_{partition}",
-                                            f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
-                                            f"federation.partition={partition}", "federation.dirichlet_alpha=0.5",
+                                            f"run_dir={args.out_dir}/fed_{kind}_{partition}", *federation(partition),
                                             f"train.max_steps={local_steps}", *args.overrides])
             record(f"federated_{kind}_{partition}", masked(cfg))
     results["seconds"] = time.perf_counter() - start
