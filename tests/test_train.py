@@ -1,5 +1,6 @@
 """Learning-rate schedules and batch order of the local training loop."""
 
+import pytest
 import torch
 
 from supermask_cli.train import batch_order, linear_schedule
@@ -42,3 +43,23 @@ def test_disable_dropout_makes_the_training_forward_deterministic(tiny_model):
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
     assert torch.allclose(model(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "setting", "expected"), [("bernoulli", None, False), ("threshold", None, True),
+                                                             ("bernoulli", True, True)])
+def test_train_client_passes_the_dropout_choice(tiny_config, monkeypatch, kind, setting, expected):
+    from supermask_cli import workflows
+    from supermask_cli.config import load_config
+
+    seen = []
+
+    def stop(model, layers, head, tokenizer, examples, settings, *args, **kwargs):
+        seen.append(settings.dropout)
+        raise RuntimeError("stop after settings")
+
+    cfg = load_config(str(tiny_config(kind, train={"dropout": setting})))
+    _, cfg = workflows.init(cfg)
+    monkeypatch.setattr(workflows, "train_masks", stop)
+    with pytest.raises(RuntimeError, match="stop after settings"):
+        workflows.train_client(cfg, 0)
+    assert seen == [expected]
