@@ -57,6 +57,7 @@ class MaskConfig(_Section):
 
 class FederationConfig(_Section):
     num_clients: int = Field(10, ge=1)
+    clients_per_round: int | None = Field(None, ge=1)  # null: every client every round
     rounds: int = Field(10, ge=1)
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0.0)

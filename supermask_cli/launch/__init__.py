@@ -1,0 +1,1 @@
+"""Launchers: thin shells over :mod:`supermask_cli.steps` (Slurm, Flower)."""
