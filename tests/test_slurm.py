@@ -152,6 +152,11 @@ def test_dry_run_with_every_round_done_submits_nothing(tiny_config, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "nothing to submit" in result.stdout
 
+    (tmp_path / "run_threshold" / "round_001" / "metrics.json").unlink()
+    jobs = dry_run(config)
+    assert list(jobs) == ["eval_001"]
+    assert flag(jobs["eval_001"], "--dependency=") is None
+
 
 def test_slurm_dir_is_required_for_a_bucket_run_dir(tiny_config, tmp_path):
     config = tiny_config("threshold")
@@ -205,6 +210,8 @@ def held_chain_with_client_cancelled(config: Path, client: int) -> tuple[dict[st
     """Submit a held chain, cancel round 0's ``client`` task before anything runs, release the rest."""
     run_dir = Path(load_config(config).run_dir)
     jobs = submit(config, "--sbatch-arg=--hold")
+    twice = cli("slurm", "--config", str(config), cwd=config.parent)
+    assert twice.returncode == 2 and "still queued" in twice.stderr, twice.stderr
     subprocess.run(["scancel", f"{jobs['clients_000']}_{client}"], check=True, timeout=30)
     subprocess.run(["scontrol", "release", *jobs.values()], check=True, capture_output=True, timeout=30)
     wait_for_jobs(list(jobs.values()), run_dir)
