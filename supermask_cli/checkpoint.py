@@ -81,6 +81,15 @@ class AggregationMeta(_Strict):
     rule: str
     clients: list[ClientRecord]
     dropped: list[DroppedRecord]
+    missing: list[int] = Field(default_factory=list)  # sampled clients whose upload never arrived
+
+
+class PoolMeta(_Strict):
+    """The training pool every client's partition is cut from, recorded by ``init``."""
+
+    source: Literal["hub", "local"]
+    num_examples: int = Field(ge=0)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class FileMeta(_Strict):
@@ -103,6 +112,7 @@ class FileMeta(_Strict):
     coding_flip_rate: float | None = None
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
+    pool: PoolMeta | None = None
     created_by: str
 
     @property
@@ -283,6 +293,7 @@ def parse_meta(header: dict, path: str) -> FileMeta:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        where = where.encode("unicode_escape").decode("ascii")[:200]  # a key is the uploader's text: one line
         raise _fail(path, f"bad metadata field '{where}': {err['msg']}") from None
     if meta.format_version != FORMAT_VERSION:
         raise _fail(path, f"format version {meta.format_version}; this supermask reads version {FORMAT_VERSION}")
