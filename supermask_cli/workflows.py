@@ -36,7 +36,8 @@ from .masked_model import bake_global, trainable_from_global, upload_tensors
 from .model import BaseModel, load_base_model
 from .tasks import TaskSpec, get_task
 from .tracking import TensorBoardLog
-from .train import DEFAULT_LR, TrainSettings, resolve_device, train_masks, use_dropout
+from .privacy import client_level, ledger
+from .train import DEFAULT_LR, TrainSettings, planned_steps, resolve_device, train_masks, use_dropout
 
 # ----------------------------------------------------------------------------------- data builders
 
@@ -449,12 +450,17 @@ def train_client(
         seed=seed,
         dropout=use_dropout(cfg.train.dropout, cfg.mask.kind),
     )
+    steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
+    dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps) if cfg.privacy.mode == "example" else None
     stats = train_masks(
         base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,
-        description=f"round {rnd} client {client}",
+        description=f"round {rnd} client {client}", privacy=dp,
     )
     named_head = {n: p for n, p in base.model.named_parameters() if n in gl.meta.head}
     tensors = upload_tensors(layers, named_head, cfg.mask.kind, torch.Generator().manual_seed(seed))
+    if cfg.privacy.mode == "client":
+        priority = client_level.flip_priority(cfg.mask.kind, layers, gl.tensors)
+        tensors = client_level.bound_upload(cfg.mask.kind, tensors, gl.tensors, priority, cfg.privacy.max_flips)
     meta = gl.meta.model_copy(
         update={
             "role": "client",
@@ -462,6 +468,7 @@ def train_client(
             "num_examples": len(examples),
             "parent_digest": gl.digest,
             "aggregation": None,
+            "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps),
             "created_by": f"supermask {__version__}",
         }
     )
@@ -562,6 +569,7 @@ def aggregate(
     weights = torch.tensor([float(m.num_examples) for _, m in metas], dtype=torch.float64)
     if rule == "capped" and len(metas):
         weights = capped_weights(weights, cfg.federation.max_client_share)
+    client_metas: list[FileMeta] = []
     for (p, meta), weight in zip(metas, weights.tolist()):
         try:
             ckpt = checkpoint.load_checkpoint(p, reference=gl)
@@ -577,7 +585,8 @@ def aggregate(
                 bytes=ckpt.size, mask_bits=ckpt.meta.mask_bits,
             )
         )
-        if rule in STREAMING_RULES:
+        client_metas.append(ckpt.meta)
+        if rule in STREAMING_RULES and cfg.privacy.mode != "client":
             running.add(ckpt.tensors, weight)
         else:
             accepted.append((ckpt.tensors, weight))
@@ -587,7 +596,9 @@ def aggregate(
             f"round {rnd}: only {len(records)} valid client file(s), federation.min_clients is "
             f"{cfg.federation.min_clients}" + (f"; first dropped: {dropped[0].reason}" if dropped else "")
         )
-    if rule in STREAMING_RULES:
+    if cfg.privacy.mode == "client":
+        reduced = client_level.aggregate(cfg, gl.meta.kind, gl.tensors, [t for t, _ in accepted])
+    elif rule in STREAMING_RULES:
         reduced = running.result()
     else:
         reduced = reduce_stacked(
@@ -601,6 +612,7 @@ def aggregate(
             "num_examples": total,
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped),
+            "privacy": ledger.run_record(cfg, rnd, gl.meta, client_metas),
             "created_by": f"supermask {__version__}",
         }
     )
@@ -706,6 +718,7 @@ def evaluate(
         "eval_examples_per_s": len(examples) / max(seconds, 1e-9),
         "checkpoint": checkpoint_path,
         "checkpoint_digest": gl.digest,
+        **ledger.metrics_fields(cfg, gl.meta),
     }
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
     if path == layout.metrics_path(rnd):
