@@ -245,3 +245,40 @@ def test_noisy_mean_noise_std_is_z_root_parts_times_each_bound():
             "threshold", g, clients, noise_multiplier=0.1, max_flips=4, client_clip=2.0, planned_clients=1,
             generator=torch.Generator().manual_seed(0),
         )
+
+
+# ------------------------------------------------------------------------------ ledger
+
+
+def test_ledger_counts_only_the_rounds_a_client_takes_part_in_and_never_less_than_its_last_file():
+    from supermask_cli.privacy import ledger
+    from supermask_cli.sampling import participants
+
+    cfg = config_from_dict({"seed": 3, "federation": {"num_clients": 4, "clients_per_round": 2, "rounds": 6},
+                            "privacy": {"mode": "example", "noise_multiplier": 1.0}}, "t")
+    taken = [r for r in range(6) if 1 in participants(4, 2, 3, r)]
+    assert 0 < len(taken) < 6  # client 1 sits some rounds out
+    dp = dpsgd.ExamplePrivacy(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1)
+    last = taken[-1]
+    record = ledger.example_record(cfg, 1, last, dp, 5, previous=None)
+    assert record.steps == 5 * len(taken)
+    assert record.epsilon == accountant.epsilon("rdp", 1.0, 0.1, 5 * len(taken), 1e-5)
+    assert record.round_epsilon == accountant.epsilon("rdp", 1.0, 0.1, 5, 1e-5)
+    # trained outside the schedule earlier (its last file says more): the file's count wins
+    assert ledger.example_record(cfg, 1, last, dp, 5, previous=100).steps == 105
+    # target ε: the noise is set for every step the client is scheduled for in the whole run
+    target = config_from_dict({"seed": 3, "federation": {"num_clients": 4, "clients_per_round": 2, "rounds": 6},
+                               "privacy": {"mode": "example", "target_epsilon": 2.0}}, "t")
+    sigma = ledger.example_noise(target, 1, 0.1, 5)
+    assert 1.98 <= accountant.epsilon("rdp", sigma, 0.1, 5 * len(taken), 1e-5) <= 2.0
+
+
+def test_client_mode_noise_covers_the_client_taking_part_most():
+    from supermask_cli.privacy import ledger
+
+    cfg = config_from_dict({"seed": 1, "federation": {"num_clients": 5, "clients_per_round": 2, "rounds": 8},
+                            "privacy": {"mode": "client", "target_epsilon": 4.0}}, "t")
+    most = max(ledger.participations(cfg, c, 7) for c in range(5))
+    assert most < 8
+    z = ledger.client_noise(cfg)
+    assert 3.96 <= accountant.epsilon("rdp", z, 1.0, most, 1e-5) <= 4.0

@@ -19,6 +19,7 @@ from supermask_cli import steps
 from supermask_cli.checkpoint import ClientPrivacy, RunPrivacy, load_checkpoint, read_meta
 from supermask_cli.config import load_config
 from supermask_cli.layout import Layout
+from supermask_cli.report import load_history, plot, table_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +123,10 @@ def test_client_level_bounds_uploads_and_records_the_run_epsilon(tiny_config):
     # the noise moved the global: with σ = 0.8·√2·4 ≈ 4.5 on counts over 3 clients, many bits flip
     g0, g1 = (load_checkpoint(layout.global_path(r)) for r in (0, 1))
     assert any(not torch.equal(g0.tensors[f"mask/{n}"], g1.tensors[f"mask/{n}"]) for n in g0.meta.targets)
+    # report: ε per round in the table and on the picture
+    history = load_history(cfg.run_dir)
+    assert [row["epsilon"] for row in table_rows(history)] == [0.0] + [
+        pytest.approx(_eps(0.8, 1.0, r, 1e-5)) for r in (1, 2)
+    ]
+    plot([history], str(Path(cfg.run_dir) / "report.png"))
+    assert (Path(cfg.run_dir) / "report.png").read_bytes().startswith(b"\x89PNG")
