@@ -87,7 +87,8 @@ def test_private_step_clips_every_example_and_divides_by_the_batch(tiny_model):
     assert torch.all(norms * factors <= clip * (1 + 1e-6))  # the bound holds on every example
     assert torch.allclose(factors[norms < clip], torch.ones(int((norms < clip).sum())), atol=1e-5)
 
-    step = dpsgd.PrivateStep(base.model, params, dpsgd.ExamplePrivacy(0.0, clip, 0.5), len(TEXTS), "cpu")  # no noise: shuffled batches, / count
+    # no noise: ordinary batches, the clipped sum divided by their size (not by q·n = 2.5)
+    step = dpsgd.PrivateStep(base.model, params, dpsgd.ExamplePrivacy(0.0, clip, 0.5), len(TEXTS), "cpu")
     torch.manual_seed(3)
     base.model.zero_grad(set_to_none=True)
     step.backward(base.model(**batch).loss, len(TEXTS))
@@ -271,6 +272,10 @@ def test_ledger_counts_only_the_rounds_a_client_takes_part_in_and_never_less_tha
                                "privacy": {"mode": "example", "target_epsilon": 2.0}}, "t")
     sigma = ledger.example_noise(target, 1, 0.1, 5)
     assert 1.98 <= accountant.epsilon("rdp", sigma, 0.1, 5 * len(taken), 1e-5) <= 2.0
+    sparse = config_from_dict({"seed": 0, "federation": {"num_clients": 4, "clients_per_round": 1, "rounds": 2},
+                               "privacy": {"mode": "example", "target_epsilon": 2.0}}, "t")
+    assert ledger.participations(sparse, 1, 1) == 0  # scheduled for no round, yet trained: noised for this round
+    assert 1.98 <= accountant.epsilon("rdp", ledger.example_noise(sparse, 1, 0.1, 5), 0.1, 5, 1e-5) <= 2.0
 
 
 def test_client_mode_noise_covers_the_client_taking_part_most():

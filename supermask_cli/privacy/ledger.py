@@ -41,7 +41,8 @@ def example_noise(cfg: Config, client: int, rate: float, steps_per_round: int) -
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     assert p.target_epsilon is not None
-    total = steps_per_round * participations(cfg, client, cfg.federation.rounds - 1)
+    # at least this round's steps: a client trained outside the schedule still gets noise
+    total = steps_per_round * max(1, participations(cfg, client, cfg.federation.rounds - 1))
     return accountant.noise_multiplier(p.accountant, p.target_epsilon, p.delta, rate, total)
 
 
