@@ -81,6 +81,15 @@ class AggregationMeta(_Strict):
     rule: str
     clients: list[ClientRecord]
     dropped: list[DroppedRecord]
+    missing: list[int] = Field(default_factory=list)  # sampled clients whose upload never arrived
+
+
+class PoolMeta(_Strict):
+    """The training pool every client's partition is cut from, recorded by ``init``."""
+
+    source: Literal["hub", "local"]
+    num_examples: int = Field(ge=0)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class ClientPrivacy(_Strict):
@@ -132,6 +141,7 @@ class FileMeta(_Strict):
     coding_flip_rate: float | None = None
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
+    pool: PoolMeta | None = None
     privacy: ClientPrivacy | RunPrivacy | None = None
     created_by: str
 

@@ -8,7 +8,7 @@ from typing import Any
 from . import checkpoint, storage
 from .errors import SupermaskError
 from .layout import Layout
-from .workflows import round_rows
+from .steps.runlog import round_rows
 
 MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
 
