@@ -287,3 +287,8 @@ def test_client_mode_noise_covers_the_client_taking_part_most():
     assert most < 8
     z = ledger.client_noise(cfg)
     assert 3.96 <= accountant.epsilon("rdp", z, 1.0, most, 1e-5) <= 4.0
+
+
+def test_private_step_refuses_noise_without_clipping():
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        dpsgd.PrivateStep(torch.nn.Module(), [], dpsgd.ExamplePrivacy(1.0, None, 0.1), 10, "cpu")

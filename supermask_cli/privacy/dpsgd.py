@@ -70,6 +70,8 @@ class PrivateStep:
     """Turns one batch's backward pass into the DP-SGD gradient in each parameter's ``.grad``."""
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], privacy: ExamplePrivacy, n: int, device) -> None:
+        if privacy.noise_multiplier > 0 and privacy.max_grad_norm is None:
+            raise ValueError("DP-SGD noise without per-example clipping bounds nothing: set max_grad_norm")
         self.privacy = privacy
         self.params = params
         self.n = n
