@@ -11,6 +11,7 @@ from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecor
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
 from ..layout import CLIENT_FILE, Layout
+from ..privacy import client_level, ledger
 from .checks import check_client, open_round, refuse_existing
 from .participants import sampled, write_participants
 from .runlog import AggregateResult, aggregate_result, write_metrics_log
@@ -129,7 +130,7 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
                 break
             records.append(ClientRecord(client=meta.client or 0, num_examples=meta.num_examples, digest=ckpt.digest,
                                         bytes=ckpt.size, mask_bits=ckpt.meta.mask_bits))
-            if rule in STREAMING_RULES:
+            if rule in STREAMING_RULES and cfg.privacy.mode != "client":
                 running.add(ckpt.tensors, weight)
             else:
                 accepted.append((ckpt.tensors, weight))
@@ -139,6 +140,8 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
         metas = [(p, m) for p, m in metas if p != failed]
     if not records:
         return {}, records
+    if cfg.privacy.mode == "client":  # bounded contributions plus noise (privacy.client_level)
+        return client_level.aggregate(cfg, gl.meta.kind, gl.tensors, [t for t, _ in accepted]), records
     if rule in STREAMING_RULES:
         return running.result(), records
     return reduce_stacked([t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio), records
@@ -197,6 +200,7 @@ def aggregate(
             "num_examples": sum(r.num_examples for r in records),
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped, missing=missing),
+            "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in {r.client for r in records}]),
             "created_by": f"supermask {__version__}",
         }
     )

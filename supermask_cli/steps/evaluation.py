@@ -11,6 +11,7 @@ from ..evaluate import evaluate_model
 from ..layout import Layout
 from ..masked_model import bake_global
 from ..config import Config
+from ..privacy import ledger
 from ..train import resolve_device
 from .checks import check_base_matches, derive_seed, latest_round, load_base, load_global, refuse_existing
 from .pool import eval_examples, metric_names, resolved
@@ -67,6 +68,7 @@ def evaluate(
         "eval_seconds": seconds,
         "eval_examples_per_s": len(examples) / max(seconds, 1e-9),
         "checkpoint_digest": gl.digest,
+        **ledger.metrics_fields(cfg, gl.meta),
     }
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
     if path == layout.metrics_path(rnd):
