@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, checkpoint, coding, data, storage
+from . import __version__, checkpoint, coding, data, storage, transport
 from .aggregate import (
     STREAMING_RULES,
     RunningMean,
@@ -707,6 +707,8 @@ def evaluate(
         "checkpoint": checkpoint_path,
         "checkpoint_digest": gl.digest,
     }
+    if checkpoint_path == layout.global_path(rnd):  # what a client holding the previous global fetches
+        metrics.update(transport.download_metrics(layout, rnd))
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
     if path == layout.metrics_path(rnd):
         write_metrics_log(layout)
