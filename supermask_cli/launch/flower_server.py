@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -53,6 +53,15 @@ class Settings:
 
 
 @dataclass
+class Traffic:
+    """Bytes of the round's global sent to each client (``down``) and of its upload (``up``)."""
+
+    down: dict[int, int] = field(default_factory=dict)
+    up: dict[int, int] = field(default_factory=dict)
+    delta: list[int] = field(default_factory=list)  # clients that got the global as a delta
+
+
+@dataclass
 class Node:
     node_id: int
     holds: str  # digest of the global the node holds ("" when none)
@@ -87,6 +96,7 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
     fed = cfg.federation
     nodes = discover(grid, fed.num_clients, settings.connect_timeout)
     for rnd in range(fed.rounds + 1):
+        start = time.perf_counter()
         if not storage.exists(layout.metrics_path(rnd)):
             steps.evaluate(cfg, rnd=rnd)
         if rnd == fed.rounds or storage.exists(layout.global_path(rnd + 1)):
@@ -96,7 +106,7 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
         if not storage.exists(path):
             storage.write_text_atomic(path, json.dumps(chosen) + "\n")
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
-        failures = train_round(grid, cfg, layout, rnd, pending, nodes, settings.round_timeout)
+        failures, traffic = train_round(grid, cfg, layout, rnd, pending, nodes, settings.round_timeout)
         uploaded = len(chosen) - len(failures)
         why = "; ".join(f"client {c}: {reason}" for c, reason in sorted(failures.items()))
         if uploaded < fed.min_clients:
@@ -107,7 +117,20 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
         if failures:
             print(f"supermask: round {rnd}: aggregating {uploaded} of {len(chosen)} clients ({why})", flush=True)
         result = steps.aggregate(cfg, rnd=rnd)
-        print(f"supermask: round {rnd} -> {result.path}: {len(result.clients)} clients", flush=True)
+        seconds = time.perf_counter() - start
+        _log_round(layout, {"round": rnd, "wall_s": seconds, "clients": len(result.clients), **asdict(traffic)})
+        print(
+            f"supermask: round {rnd} -> {result.path}: {len(result.clients)} clients, global sent as a delta to "
+            f"{len(traffic.delta)} of {len(traffic.down)} nodes, {seconds:.1f} s",
+            flush=True,
+        )
+
+
+def _log_round(layout: Layout, row: dict) -> None:
+    """Append one line to ``<run_dir>/flower/rounds.jsonl`` (wall time and bytes per client)."""
+    path = storage.join(layout.run_dir, "flower", "rounds.jsonl")
+    old = storage.read_bytes(path, 1 << 26, what="log").decode() if storage.exists(path) else ""
+    storage.write_text_atomic(path, old + json.dumps(row, sort_keys=True) + "\n", force=True)
 
 
 def discover(grid: Grid, num_clients: int, timeout: float) -> dict[int, Node]:
@@ -165,18 +188,25 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[dict[
 
 def train_round(
     grid: Grid, cfg: Config, layout: Layout, rnd: int, clients: list[int], nodes: dict[int, Node], timeout: float
-) -> dict[int, str]:
-    """Train ``clients`` on their nodes and write their uploads; returns why each failed client failed."""
+) -> tuple[dict[int, str], Traffic]:
+    """Train ``clients`` on their nodes and write their uploads; returns why each failed client
+    failed, and the bytes moved."""
     full = storage.read_bytes(layout.global_path(rnd), checkpoint.MAX_FILE_BYTES, what="checkpoint")
     digest = checkpoint.file_digest(full)
     parent = checkpoint.read_meta(layout.global_path(rnd)).parent_digest
     fetch = transport.download(layout, rnd) if rnd > 0 else None
     failures = {c: f"no SuperNode with client-id={c} connected" for c in clients if c not in nodes}
     text = dump_config(cfg)
+    traffic = Traffic()
 
     def message(client: int, delta: bool) -> Message:
         setup = ConfigRecord({"config": text, "round": rnd, "client": client, "digest": digest, "delta": delta})
         payload = fetch.data if delta and fetch is not None else full
+        traffic.down[client] = traffic.down.get(client, 0) + len(payload)
+        if delta:
+            traffic.delta.append(client)
+        elif client in traffic.delta:  # resent in full
+            traffic.delta.remove(client)
         content = RecordDict({wire.SETUP: setup, wire.GLOBAL: wire.file_record(payload)})
         return Message(content, dst_node_id=nodes[client].node_id, message_type="train", group_id=str(rnd))
 
@@ -197,14 +227,16 @@ def train_round(
                 todo.append(message(client, False))
                 continue
             try:
-                _write_upload(layout, rnd, client, wire.record_bytes(reply.content[wire.UPLOAD], f"client {client}"))
+                upload = wire.record_bytes(reply.content[wire.UPLOAD], f"client {client}")
+                _write_upload(layout, rnd, client, upload)
             except (ValueError, SupermaskError) as exc:
                 failures[client] = str(exc)
                 continue
             nodes[client].holds = str(result["holds"])
+            traffic.up[client] = len(upload)
         if not todo:
             break
-    return failures
+    return failures, traffic
 
 
 def _write_upload(layout: Layout, rnd: int, client: int, data: bytes) -> None:
