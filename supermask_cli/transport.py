@@ -12,6 +12,7 @@ round R's client files), so a launcher or a bucket reader can build deltas witho
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +111,24 @@ def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = 
     data = checkpoint.serialize(meta, checkpoint.encode_tensors(meta, tensors, None))
     if checkpoint.file_digest(data) != info["digest"]:
         raise CheckpointError(f"{path}: the rebuilt global does not match the server's digest; fetch the full file")
+    return data
+
+
+def receive(cfg: Config, held: str, received: bytes, *, is_delta: bool, digest: str) -> bytes | None:
+    """The next global from what a client received: ``received`` itself, or rebuilt from the global
+    file it holds at ``held`` when ``is_delta``. None when a delta cannot be used (no or another
+    held global, or it does not rebuild): the client must fetch the full file. The result always
+    has the server's ``digest``."""
+    data = received
+    if is_delta:
+        if not os.path.exists(held):
+            return None
+        try:
+            data = apply_delta(cfg, checkpoint.load_checkpoint(held), received)
+        except CheckpointError:
+            return None
+    if checkpoint.file_digest(data) != digest:
+        raise CheckpointError("the global received differs from the server's (SHA-256); fetch it again")
     return data
 
 

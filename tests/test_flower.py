@@ -81,30 +81,30 @@ def test_flower_local_gives_the_globals_of_run(flower_env, tiny_config, tmp_path
 
 
 @pytest.mark.parametrize("min_clients", [2, 3])
-def test_a_supernode_killed_mid_run(flower_env, tiny_config, tmp_path, min_clients):
-    """Client 2's SuperNode dies once round 1 starts: with min_clients 2 the round aggregates the
-    other two; with 3 the run fails with one line naming the round and the client."""
-    config = tiny_config("threshold", federation={"num_clients": 3, "rounds": 2, "min_clients": min_clients})
+def test_a_supernode_killed_mid_round(flower_env, tiny_config, tmp_path, min_clients):
+    """Client 2's SuperNode dies as round 0's clients are sent their work: with min_clients 2 the
+    round aggregates the other two; with 3 the run fails with one line naming the round and client."""
+    config = tiny_config("threshold", federation={"num_clients": 3, "rounds": 1, "min_clients": min_clients})
     run_dir = tmp_path / "run_threshold"
     proc = _start(config, "--round-timeout", "240")
     deadline = time.monotonic() + SCRIPT_TIMEOUT
-    while not (run_dir / "round_001" / "global.safetensors").exists():
+    while not (run_dir / "round_000" / "participants.json").exists():  # written just before the work is sent
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(int((run_dir / "flower" / "pids" / "supernode_2.pid").read_text()), signal.SIGKILL)
     out, _ = proc.communicate(timeout=SCRIPT_TIMEOUT)
 
     if min_clients == 2:
         assert proc.returncode == 0, out
-        agg = checkpoint.read_meta(str(run_dir / "round_002" / "global.safetensors")).aggregation
+        agg = checkpoint.read_meta(str(run_dir / "round_001" / "global.safetensors")).aggregation
         assert [c.client for c in agg.clients] == [0, 1]
         assert "aggregating 2 of 3 clients" in (run_dir / "flower" / "logs" / "flwr_run.log").read_text()
     else:
         assert proc.returncode == 1, out
         last = out.strip().splitlines()[-1]
-        assert "round 1: 2 of 3 sampled clients uploaded, federation.min_clients is 3" in last, out
+        assert "round 0: 2 of 3 sampled clients uploaded, federation.min_clients is 3" in last, out
         assert "client 2:" in last
-        assert not (run_dir / "round_002").exists()
+        assert not (run_dir / "round_001").exists()
     _no_processes_left(run_dir)
 
 

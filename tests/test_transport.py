@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from supermask_cli import checkpoint, steps, transport
+from supermask_cli import checkpoint, report, steps, transport
 from supermask_cli.config import load_config
 from supermask_cli.errors import CheckpointError
 from supermask_cli.layout import Layout
@@ -53,9 +53,11 @@ def test_masks_travel_as_a_delta_far_below_the_full_file_and_scaling_falls_back(
     assert metrics["download_bytes"] == len(d.data)
     assert metrics["download_bits_per_weight"] == pytest.approx(len(d.data) * 8 / d.num_weights)
     round0 = json.loads(open(layout.metrics_path(0)).read())
-    assert round0["download_bytes"] == d.full_bytes or round0["download_bytes"] > len(d.data)
+    assert round0["download_bytes"] == os.path.getsize(layout.global_path(0))  # nothing to build on: the full file
     log = [json.loads(line) for line in open(layout.metrics_log).read().splitlines()]
     assert log[1]["download_bytes"] == len(d.data)
+    table = report.table_rows(report.load_history(cfg.run_dir))
+    assert table[1]["download_bytes"] == len(d.data) and table[1]["download_bits_per_weight"] > 0
 
 
 def test_scaling_uploads_are_as_large_as_the_global_so_the_full_file_is_fetched(tiny_config):
@@ -84,3 +86,18 @@ def test_a_missing_upload_means_no_delta(tiny_config):
         transport.encode_delta(new, clients[1:])
     os.remove(layout.client_files(0)[0])
     assert transport.download(layout, 1).is_delta is False
+
+
+def test_receive_rebuilds_from_the_held_global_or_asks_for_the_full_file(tiny_config, tmp_path):
+    cfg, layout = _run(tiny_config, "bernoulli", {})
+    new, clients = _inputs(layout)
+    digest = checkpoint.file_digest(new)
+    delta = transport.encode_delta(new, clients)
+    held = layout.global_path(0)
+
+    assert transport.receive(cfg, held, delta, is_delta=True, digest=digest) == new
+    assert transport.receive(cfg, str(tmp_path / "none"), delta, is_delta=True, digest=digest) is None
+    assert transport.receive(cfg, layout.global_path(1), delta, is_delta=True, digest=digest) is None  # another global
+    assert transport.receive(cfg, str(tmp_path / "none"), new, is_delta=False, digest=digest) == new
+    with pytest.raises(CheckpointError, match="differs from the server's"):
+        transport.receive(cfg, held, new[:-1] + bytes([new[-1] ^ 1]), is_delta=False, digest=digest)

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from .. import checkpoint, steps, storage, transport
 from ..config import Config, config_from_dict
-from ..errors import CheckpointError, SupermaskError
+from ..errors import SupermaskError
 from . import flower_wire as wire
 
 app = ClientApp()
@@ -77,16 +77,9 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(setup["round"])
     received = wire.record_bytes(msg.content[wire.GLOBAL], "the global")
     path = held_global(context)
-    if setup["delta"]:
-        try:
-            previous = checkpoint.load_checkpoint(path)
-            data = transport.apply_delta(cfg, previous, received, path=f"round {rnd} delta")
-        except CheckpointError:
-            return _reply(msg, wire.NEED_FULL, "")
-    else:
-        data = received
-    if checkpoint.file_digest(data) != setup["digest"]:
-        raise SupermaskError(f"round {rnd}: the global received differs from the server's (digest)")
+    data = transport.receive(cfg, path, received, is_delta=bool(setup["delta"]), digest=str(setup["digest"]))
+    if data is None:
+        return _reply(msg, wire.NEED_FULL, "")
     storage.write_atomic(path, data, force=True)
     out = os.path.join(node_dir(context), f"upload_round_{rnd:03d}.safetensors")
     result = steps.train_client(cfg, client, global_path=path, out=out, force=True)

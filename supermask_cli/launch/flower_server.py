@@ -27,6 +27,7 @@ from ..sampling import participants
 from . import flower_wire as wire
 
 POLL_SECONDS = 0.5
+REDISCOVER_SECONDS = 15.0  # how long a round start waits for the SuperNode of a client that has none
 
 app = ServerApp()
 
@@ -106,6 +107,9 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
         if not storage.exists(path):
             storage.write_text_atomic(path, json.dumps(chosen) + "\n")
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
+        online = set(grid.get_node_ids())
+        if any(c not in nodes or nodes[c].node_id not in online for c in pending):
+            nodes = discover(grid, fed.num_clients, REDISCOVER_SECONDS, nodes)
         failures, traffic = train_round(grid, cfg, layout, rnd, pending, nodes, settings.round_timeout)
         uploaded = len(chosen) - len(failures)
         why = "; ".join(f"client {c}: {reason}" for c, reason in sorted(failures.items()))
@@ -133,11 +137,14 @@ def _log_round(layout: Layout, row: dict) -> None:
     storage.write_text_atomic(path, old + json.dumps(row, sort_keys=True) + "\n", force=True)
 
 
-def discover(grid: Grid, num_clients: int, timeout: float) -> dict[int, Node]:
-    """Ask every connected SuperNode its client id until all ``num_clients`` answered or ``timeout``."""
+def discover(grid: Grid, num_clients: int, timeout: float, known: dict[int, Node] | None = None) -> dict[int, Node]:
+    """Ask every connected SuperNode its client id until all ``num_clients`` answered or ``timeout``.
+    ``known`` nodes still connected are kept; a client whose node left is asked for again (a
+    restarted SuperNode comes back with a new node id)."""
     deadline = time.monotonic() + timeout
-    nodes: dict[int, Node] = {}
-    asked: set[int] = set()
+    online = set(grid.get_node_ids())
+    nodes = {c: n for c, n in (known or {}).items() if n.node_id in online}
+    asked = {n.node_id for n in nodes.values()}
     while len(nodes) < num_clients and time.monotonic() < deadline:
         new = sorted(set(grid.get_node_ids()) - asked)
         asked.update(new)
