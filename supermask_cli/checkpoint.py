@@ -421,6 +421,13 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
     return out
 
 
+def decode_stored(
+    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
+) -> dict[str, torch.Tensor]:
+    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
+    return _decode(meta, stored, reference, path)
+
+
 def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkpoint:
     """Parse and validate checkpoint bytes; coded client files need their ``reference`` global."""
     header, _ = parse_header(data, path)

@@ -41,7 +41,8 @@ def load_history(run_dir: str) -> RunHistory:
 
 
 def table_rows(history: RunHistory) -> list[dict[str, Any]]:
-    keys = ["round", history.metric, "loss", "density", "upload_bytes", "bits_per_weight"]
+    keys = ["round", history.metric, "loss", "density", "upload_bytes", "bits_per_weight", "download_bytes",
+            "download_bits_per_weight"]
     if any("epsilon" in row for row in history.rows):
         keys.append("epsilon")
     return [{k: row.get(k) for k in keys} for row in history.rows]

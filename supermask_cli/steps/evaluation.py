@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from .. import storage
+from .. import storage, transport
 from ..evaluate import evaluate_model
 from ..layout import Layout
 from ..masked_model import bake_global
@@ -70,6 +70,8 @@ def evaluate(
         "checkpoint_digest": gl.digest,
         **ledger.metrics_fields(cfg, gl.meta),
     }
+    if checkpoint_path == layout.global_path(rnd):  # what a client holding the previous global fetches
+        metrics.update(transport.download_metrics(cfg, layout, rnd))
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
     if path == layout.metrics_path(rnd):
         write_metrics_log(layout)
