@@ -324,6 +324,7 @@ def parse_meta(header: dict, path: str) -> FileMeta:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        where = where.encode("unicode_escape").decode("ascii")[:200]  # a key is the uploader's text: one line
         raise _fail(path, f"bad metadata field '{where}': {err['msg']}") from None
     if meta.format_version != FORMAT_VERSION:
         raise _fail(path, f"format version {meta.format_version}; this supermask reads version {FORMAT_VERSION}")

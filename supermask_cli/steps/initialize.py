@@ -15,7 +15,7 @@ from ..mask.layer import out_features
 from ..model import BaseModel
 from .checks import load_base
 from .participants import write_participants
-from .pool import is_regression, pool_meta, resolve_label_names, resolve_source, resolved
+from .pool import decide_source, is_regression, pool_meta, resolve_label_names, resolved
 
 
 @dataclass
@@ -89,7 +89,7 @@ def init(cfg: Config, *, out: str | None = None, force: bool = False) -> tuple[I
     path = out or layout.global_path(0)
     if storage.exists(path) and not force:
         raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it, or `supermask run` to resume")
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": resolve_source(cfg)})})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": decide_source(cfg)})})
     labels = resolve_label_names(cfg)
     cfg = resolved(cfg, labels)
     pool = pool_meta(cfg, labels)

@@ -64,8 +64,7 @@ def _split_frame(cfg: Config, split: str):
     task = task_spec(cfg)
     key = "data.train_file" if split == "train" else "data.eval_file"
     path = cfg.data.train_file if split == "train" else cfg.data.eval_file
-    source = resolve_source(cfg)
-    if source == "hub":
+    if resolve_source(cfg) == "hub":
         assert task is not None
         name = task.train_split if split == "train" else task.eval_split
         try:
@@ -73,15 +72,30 @@ def _split_frame(cfg: Config, split: str):
         except SupermaskError:
             raise
         except Exception as exc:  # network, cache or parsing: never continue with part of a split
-            if cfg.data.source == "auto" and path is not None:
-                return data.read_table(path, key=key), path
             raise SupermaskError(
-                f"data.source is 'hub' but loading {task.name}/{name} from the hub failed "
-                f"({type(exc).__name__}); retry, or set data.source: local with {key}"
+                f"loading {task.name}/{name} from the hub failed ({type(exc).__name__}: {str(exc)[:120]}); "
+                f"retry, or use data.source: local with {key}"
             ) from None
     if path is None:
         raise SupermaskError(f"{key} is not set and the hub is not used; give a local data file")
     return data.read_table(path, key=key), path
+
+
+def decide_source(cfg: Config) -> str:
+    """The source ``init`` records: ``auto`` tries the hub (when a task is set and it answers) by
+    loading both splits, and falls back to the local files when that fails and they are set."""
+    source = resolve_source(cfg)
+    if cfg.data.source != "auto" or source != "hub":
+        return source
+    hub = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "hub"})})
+    try:
+        _split_frame(hub, "train")
+        _split_frame(hub, "eval")
+    except SupermaskError:
+        if cfg.data.train_file is None or cfg.data.eval_file is None:
+            raise
+        return "local"
+    return "hub"
 
 
 def load_examples(cfg: Config, split: str, label_names: list[str] | None, path: str | None = None) -> data.Examples:
