@@ -123,6 +123,7 @@ def test_client_level_bounds_uploads_and_records_the_run_epsilon(tiny_config):
     # the noise moved the global: with σ = 0.8·√2·4 ≈ 4.5 on counts over 3 clients, many bits flip
     g0, g1 = (load_checkpoint(layout.global_path(r)) for r in (0, 1))
     assert any(not torch.equal(g0.tensors[f"mask/{n}"], g1.tensors[f"mask/{n}"]) for n in g0.meta.targets)
+    assert steps.inspect(layout.client_path(1, 0))["privacy"] == read_meta(layout.client_path(1, 0)).privacy.model_dump()
     # report: ε per round in the table and on the picture
     history = load_history(cfg.run_dir)
     assert [row["epsilon"] for row in table_rows(history)] == [0.0] + [

@@ -107,7 +107,8 @@ def noisy_mean(
         sigma = z * math.sqrt(max_flips)
         if 0 < sigma < MIN_DISCRETE_SIGMA:
             raise SupermaskError(
-                f"privacy: discrete noise std {sigma:.2f} is below {MIN_DISCRETE_SIGMA}; raise privacy.max_flips or the noise"
+                f"privacy: discrete noise std {sigma:.2f} is below {MIN_DISCRETE_SIGMA}; "
+                "raise privacy.max_flips or the noise"
             )
         for k in mask_keys:
             noise = discrete_gaussian(tuple(sums[k].shape), sigma, generator) if sigma > 0 else 0
@@ -141,7 +142,9 @@ def bound_upload(
     return {**upload, **bounded}
 
 
-def flip_priority(kind: str, layers: dict[str, MaskedLinear], global_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def flip_priority(
+    kind: str, layers: dict[str, MaskedLinear], global_tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """How far the client moved each weight: |probs − global probs| (bernoulli) or |scores − τ|."""
     out = {}
     with torch.no_grad():
@@ -154,7 +157,9 @@ def flip_priority(kind: str, layers: dict[str, MaskedLinear], global_tensors: di
     return out
 
 
-def aggregate(cfg: Config, kind: str, global_tensors: dict[str, torch.Tensor], clients: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def aggregate(
+    cfg: Config, kind: str, global_tensors: dict[str, torch.Tensor], clients: list[dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """``noisy_mean`` with the run's privacy settings and secret noise."""
     fed, p = cfg.federation, cfg.privacy
     planned = min(fed.clients_per_round or fed.num_clients, fed.num_clients)

@@ -76,7 +76,9 @@ def previous_steps(layout: Layout, client: int, rnd: int) -> int | None:
     return None
 
 
-def _record(cfg: Config, sigma: float, clip: float | None, flips: int | None, rate: float, steps: int, this_round: int) -> ClientPrivacy:
+def _record(
+    cfg: Config, sigma: float, clip: float | None, flips: int | None, rate: float, steps: int, this_round: int
+) -> ClientPrivacy:
     p = cfg.privacy
     assert p.mode != "none"
     return ClientPrivacy(
@@ -93,7 +95,9 @@ def example_record(
     """A client file's ledger after training round ``rnd`` with DP-SGD."""
     scheduled = steps_this_round * participations(cfg, client, rnd)
     steps = max(scheduled, (previous or 0) + steps_this_round)
-    return _record(cfg, privacy.noise_multiplier, privacy.max_grad_norm, None, privacy.sample_rate, steps, steps_this_round)
+    return _record(
+        cfg, privacy.noise_multiplier, privacy.max_grad_norm, None, privacy.sample_rate, steps, steps_this_round
+    )
 
 
 def client_record(cfg: Config, client: int, rnd: int, previous: int | None) -> ClientPrivacy:

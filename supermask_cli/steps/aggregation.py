@@ -193,6 +193,7 @@ def aggregate(
         metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
     reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
+    accepted = {r.client for r in records}
     tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
     meta = gl.meta.model_copy(
         update={
@@ -200,7 +201,7 @@ def aggregate(
             "num_examples": sum(r.num_examples for r in records),
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped, missing=missing),
-            "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in {r.client for r in records}]),
+            "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in accepted]),
             "created_by": f"supermask {__version__}",
         }
     )

@@ -126,7 +126,9 @@ def train_client(
     layers, head_params = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
     settings = train_settings(cfg, derive_seed(cfg.seed, rnd, client))
     steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
-    dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps) if cfg.privacy.mode == "example" else None
+    dp = None
+    if cfg.privacy.mode == "example":
+        dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps)
     stats = train_masks(
         base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,
         description=f"round {rnd} client {client}", privacy=dp,
