@@ -223,7 +223,8 @@ def encode_tensors(
                 blob = coding.encode_sparse(value, reference_plan(reference, name))
             else:
                 blob = coding.encode_mask(value, reference_probs(meta, name, reference))
-            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+            # An ANS stream may be empty (a mask of all zeros): frombuffer refuses empty buffers.
+            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
     return out
 
 

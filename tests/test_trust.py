@@ -54,6 +54,9 @@ def _write_client(cfg, gl: Checkpoint, client: int, num_examples: int, tensors: 
         "role": "client", "client": client, "num_examples": num_examples, "parent_digest": gl.digest,
         "aggregation": None, "encoding": "float" if gl.meta.kind == "scaling" else encoding,
     })
+    if gl.meta.kind == "threshold" and encoding == "coded":
+        flips = sum(int((tensors[f"mask/{n}"] != gl.tensors[f"mask/{n}"]).sum()) for n in gl.meta.targets)
+        meta = meta.model_copy(update={"coding_flip_rate": flips / gl.meta.num_weights})
     stored = checkpoint.encode_tensors(meta, tensors, gl)
     meta = meta.model_copy(update={"mask_bits": checkpoint.payload_bits(stored)})
     path = Layout(cfg.run_dir).client_path(gl.meta.round, client)
@@ -326,19 +329,34 @@ def test_outliers_still_flag_a_large_surprise_when_most_changed_nothing():
     ("scaling", ["float"]),
 ])
 def test_every_honest_client_encoding_fits_the_size_cap(tmp_path, tiny_model, tiny_data, kind, encodings):
-    cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, kind))
+    # bernoulli: probs 0.999 (the clamp) and an all-zero upload, ≈ 10 bits per weight when coded
+    cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, kind, mask={"init_density": 0.999},
+                            federation={"num_clients": 4}))
     cap = checkpoint.max_client_bytes(gl.meta)
     g = torch.Generator().manual_seed(0)
-    for client, encoding in enumerate(encodings[:3]):
+    for client, encoding in enumerate(encodings):
         if kind == "scaling":
             tensors = {f"scale/{n}": torch.rand(t.out_features, generator=g) for n, t in gl.meta.targets.items()}
-        else:  # a mask far from the global: the worst case for the coded encodings
+        elif kind == "bernoulli":  # mostly zeros: the worst case for the coded encodings (≈ 10 bits a weight)
+            tensors = {f"mask/{n}": (torch.arange(math.prod(t.shape)) % 97 == 0).view(*t.shape)
+                       for n, t in gl.meta.targets.items()}
+        else:
             tensors = {f"mask/{n}": torch.rand(tuple(t.shape), generator=g) < 0.5 for n, t in gl.meta.targets.items()}
         path = _write_client(cfg, gl, client, 32, {**tensors, **_head(gl, 0.0)}, encoding=encoding)
         size = len(open(path, "rb").read())
         assert size <= cap, (encoding, size, cap)
+        back = checkpoint.load_checkpoint(path, reference=gl)  # an all-zero mask codes to an empty ANS stream
+        assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items()), encoding
     none_size = math.prod(next(iter(gl.meta.targets.values())).shape)
     assert cap < checkpoint.MAX_FILE_BYTES and cap >= none_size
+
+
+def test_an_all_zero_mask_codes_to_an_empty_stream_and_round_trips(tmp_path, tiny_model, tiny_data):
+    cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, "bernoulli"))
+    zeros = {f"mask/{n}": torch.zeros(tuple(t.shape), dtype=torch.bool) for n, t in gl.meta.targets.items()}
+    path = _write_client(cfg, gl, 0, 32, {**zeros, **_head(gl, 0.0)}, encoding="coded")
+    back = checkpoint.load_checkpoint(path, reference=gl)
+    assert all(not back.tensors[k].any() for k in zeros)
 
 
 def test_max_client_bytes_is_a_few_bytes_per_weight_for_minilm_sized_metadata(tmp_path, tiny_model, tiny_data):
