@@ -382,3 +382,16 @@ def test_an_oversized_client_file_is_refused_before_parsing(tmp_path, tiny_model
     assert "\n" not in message and big in message and f"over the {cap}-byte limit" in message
     with pytest.raises(CheckpointError, match="byte limit"):
         checkpoint.read_meta(big, max_bytes=cap)
+
+
+# ------------------------------------------------------------------------------------ head training
+
+
+def test_train_client_moves_the_head_by_its_own_learning_rate(tmp_path, tiny_model, tiny_data):
+    # The learning tests freeze the head; here the scores are frozen and the head must move.
+    cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, "threshold",
+                            train={"lr": 1e-9, "head_lr": 1e-2, "max_steps": 2}))
+    up = checkpoint.load_checkpoint(steps.train_client(cfg, 0, rnd=0).path, reference=gl)
+    for name in gl.meta.head:  # Adam moves each parameter by about lr per step
+        assert float((up.tensors[f"head/{name}"] - gl.tensors[f"head/{name}"]).abs().max()) > 5e-3, name
+    assert torch.equal(up.tensors[f"mask/{next(iter(gl.meta.targets))}"], gl.tensors[f"mask/{next(iter(gl.meta.targets))}"])
