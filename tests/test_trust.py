@@ -395,3 +395,17 @@ def test_train_client_moves_the_head_by_its_own_learning_rate(tmp_path, tiny_mod
     for name in gl.meta.head:  # Adam moves each parameter by about lr per step
         assert float((up.tensors[f"head/{name}"] - gl.tensors[f"head/{name}"]).abs().max()) > 5e-3, name
     assert torch.equal(up.tensors[f"mask/{next(iter(gl.meta.targets))}"], gl.tensors[f"mask/{next(iter(gl.meta.targets))}"])
+
+
+def test_threshold_upload_keeps_a_score_exactly_at_the_threshold_as_training_does(tmp_path, tiny_model, tiny_data):
+    cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, "threshold"))
+    base = _base(cfg)
+    layers, _ = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.scores.fill_(cfg.mask.threshold)
+            layer.scores[0, 0] = cfg.mask.threshold - 1e-4
+    up = upload_tensors(layers, {}, "threshold", torch.Generator())
+    for name, layer in layers.items():
+        assert torch.equal(up[f"mask/{name}"], layer.current_mask().bool()), name
+        assert int(up[f"mask/{name}"].sum()) == layer.scores.numel() - 1, name
