@@ -253,7 +253,8 @@ def encode_tensors(
                 blob = coding.encode_sparse(value, reference_plan(reference, name))
             else:
                 blob = coding.encode_mask(value, reference_probs(meta, name, reference))
-            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+            # An ANS stream may be empty (a mask of all zeros): frombuffer refuses empty buffers.
+            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
     return out
 
 
@@ -444,6 +445,30 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
         raise _fail(path, f"unreadable safetensors data ({type(exc).__name__})") from None
     tensors = _decode(meta, stored, reference, path)
     return Checkpoint(meta=meta, tensors=tensors, digest=file_digest(data), path=path, size=len(data))
+
+
+CODE_BYTES_PER_WEIGHT = 2
+"""Most bytes per masked weight a client mask may take: ``none`` stores one byte per weight and
+``coded``/``sparse`` streams stay below 16 bits per weight (an ANS code of a bit costs at most
+-log2 of the clamped probability, ≈10 bits; a sparse surprise a few bits); ``packed`` is 1/8."""
+HEADER_SLACK_BYTES = 64 * 1024
+HEADER_BYTES_PER_ENTRY = 512
+
+
+def max_client_bytes(global_meta: FileMeta) -> int:
+    """The largest client file a global's metadata allows: mask payload at its worst encoding
+    (or the scaling vectors), the head in float32, and a header of the global's names plus slack.
+    Client files larger than this are refused before any byte of them is parsed."""
+    payload = 0
+    for target in global_meta.targets.values():
+        if global_meta.kind == "scaling":
+            payload += 4 * target.out_features
+        else:
+            payload += CODE_BYTES_PER_WEIGHT * math.prod(target.shape) + HEADER_BYTES_PER_ENTRY
+    payload += sum(4 * math.prod(shape) for shape in global_meta.head.values())
+    names = len(global_meta.model_dump_json())
+    entries = len(global_meta.targets) + len(global_meta.head)
+    return payload + HEADER_SLACK_BYTES + 4 * names + HEADER_BYTES_PER_ENTRY * entries
 
 
 def load_checkpoint(path: str, reference: Checkpoint | None = None, max_bytes: int = MAX_FILE_BYTES) -> Checkpoint:

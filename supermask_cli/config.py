@@ -63,6 +63,7 @@ class FederationConfig(_Section):
     dirichlet_alpha: float = Field(0.5, gt=0.0)
     shards_per_client: int = Field(2, ge=1)
     aggregator: Literal["mean", "median", "trimmed_mean", "capped", "filtered"] = "mean"
+    weighting: Literal["bounded", "examples", "uniform"] = "bounded"  # aggregate.example_weights
     trim_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     max_client_share: float = Field(0.25, gt=0.0, le=1.0)
     filter_k: float = Field(3.0, gt=0.0)

@@ -6,7 +6,7 @@ import time
 import torch
 
 from .. import __version__, checkpoint, storage
-from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, finalize, outliers, reduce_stacked, server_step, surprise
+from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, example_weights, finalize, outliers, reduce_stacked, server_step, surprise
 from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
@@ -57,7 +57,7 @@ def _screen(paths: list[str], gl: Checkpoint, cfg: Config, expected: list[int], 
     seen: dict[int, str] = {}
     for p in paths:
         try:
-            meta = checkpoint.read_meta(p)
+            meta = checkpoint.read_meta(p, max_bytes=checkpoint.max_client_bytes(gl.meta))
             check_client(meta, p, gl, cfg)
             if meta.client in seen:
                 raise CheckpointError(f"{p}: client {meta.client} already uploaded {seen[meta.client]}")
@@ -83,7 +83,7 @@ def _drop_outliers(
     scored: list[tuple[str, FileMeta, float]] = []
     for p, meta in metas:
         try:
-            ckpt = checkpoint.load_checkpoint(p, reference=gl)
+            ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
         except CheckpointError as exc:
             if not skip_invalid:
                 raise
@@ -103,7 +103,7 @@ def _drop_outliers(
 
 def client_weights(metas: list[tuple[str, FileMeta]], rule: str, cfg: Config) -> list[float]:
     """Each accepted client's weight in the mean (example counts, capped under ``capped``)."""
-    weights = torch.tensor([float(m.num_examples) for _, m in metas], dtype=torch.float64)
+    weights = example_weights([m.num_examples for _, m in metas], cfg.federation.weighting)
     if rule == "capped" and len(metas):
         weights = capped_weights(weights, cfg.federation.max_client_share)
     return weights.tolist()
@@ -120,7 +120,7 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
         failed: str | None = None
         for (p, meta), weight in zip(metas, client_weights(metas, rule, cfg)):
             try:
-                ckpt = checkpoint.load_checkpoint(p, reference=gl)
+                ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
                 check_client(ckpt.meta, p, gl, cfg)
             except CheckpointError as exc:
                 if not skip_invalid:
