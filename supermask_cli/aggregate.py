@@ -256,3 +256,20 @@ class RunningMean:
 
     def result(self) -> dict[str, torch.Tensor]:
         return {k: ((v + self.offsets[k]) / self.total).float() for k, v in self.sums.items()}
+
+
+def round_weights(counts: list[int], rule: str, weighting: str, max_share: float) -> list[float]:
+    """The weights of a round's accepted clients, in order: :func:`example_weights` of their
+    reported counts, then capped shares under ``capped``. One function for the server and for
+    everyone who replays its aggregation (``transport``)."""
+    weights = example_weights(counts, weighting)
+    if rule == "capped" and len(counts):
+        weights = capped_weights(weights, max_share)
+    return weights.tolist()
+
+
+def next_global(
+    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, server_lr: float
+) -> dict[str, torch.Tensor]:
+    """The next global's tensors from the reduced client values: the server step, then ``finalize``."""
+    return finalize(server_step(reduced, previous, kind, server_lr), kind)

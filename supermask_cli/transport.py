@@ -20,7 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import checkpoint, storage
-from .aggregate import STREAMING_RULES, RunningMean, capped_weights, finalize, reduce_stacked, server_step
+from .aggregate import STREAMING_RULES, RunningMean, next_global, reduce_stacked, round_weights
 from .checkpoint import Checkpoint, FileMeta
 from .config import Config
 from .errors import CheckpointError
@@ -73,15 +73,14 @@ def _reduce(cfg: Config, meta: FileMeta, decoded: list[dict[str, torch.Tensor]])
     """The reduced client values, as ``steps.aggregate`` computes them (same order, weights, rule)."""
     agg = meta.aggregation
     assert agg is not None
-    weights = torch.tensor([float(r.num_examples) for r in agg.clients], dtype=torch.float64)
-    if agg.rule == "capped":
-        weights = capped_weights(weights, cfg.federation.max_client_share)
+    fed = cfg.federation
+    weights = round_weights([r.num_examples for r in agg.clients], agg.rule, fed.weighting, fed.max_client_share)
     if agg.rule in STREAMING_RULES:
         running = RunningMean()
-        for tensors, weight in zip(decoded, weights.tolist()):
+        for tensors, weight in zip(decoded, weights):
             running.add(tensors, weight)
         return running.result()
-    return reduce_stacked(decoded, weights.tolist(), agg.rule, trim_ratio=cfg.federation.trim_ratio)
+    return reduce_stacked(decoded, weights, agg.rule, trim_ratio=fed.trim_ratio)
 
 
 def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = "delta") -> bytes:
@@ -106,7 +105,7 @@ def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = 
         payload = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
         decoded.append(checkpoint.decode_stored(client_meta, payload, previous, f"{path} (client {client_meta.client})"))
     reduced = _reduce(cfg, meta, decoded)
-    tensors = finalize(server_step(reduced, previous.tensors, meta.kind, cfg.federation.server_lr), meta.kind)
+    tensors = next_global(reduced, previous.tensors, meta.kind, cfg.federation.server_lr)
     tensors.update({k: v for k, v in stored.items() if k.startswith("head/")})
     data = checkpoint.serialize(meta, checkpoint.encode_tensors(meta, tensors, None))
     if checkpoint.file_digest(data) != info["digest"]:

@@ -6,7 +6,7 @@ import time
 import torch
 
 from .. import __version__, checkpoint, storage
-from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, example_weights, finalize, outliers, reduce_stacked, server_step, surprise
+from ..aggregate import STREAMING_RULES, RunningMean, next_global, outliers, reduce_stacked, round_weights, surprise
 from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
@@ -102,11 +102,9 @@ def _drop_outliers(
 
 
 def client_weights(metas: list[tuple[str, FileMeta]], rule: str, cfg: Config) -> list[float]:
-    """Each accepted client's weight in the mean (example counts, capped under ``capped``)."""
-    weights = example_weights([m.num_examples for _, m in metas], cfg.federation.weighting)
-    if rule == "capped" and len(metas):
-        weights = capped_weights(weights, cfg.federation.max_client_share)
-    return weights.tolist()
+    """Each accepted client's weight in the mean (``federation.weighting``, capped under ``capped``)."""
+    fed = cfg.federation
+    return round_weights([m.num_examples for _, m in metas], rule, fed.weighting, fed.max_client_share)
 
 
 def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule: str,
@@ -194,7 +192,7 @@ def aggregate(
     reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
-    tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
+    tensors = next_global(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr)
     meta = gl.meta.model_copy(
         update={
             "round": rnd + 1,
