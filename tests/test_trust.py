@@ -264,14 +264,23 @@ def _expected_baked(kind: str, weight: torch.Tensor, bias: torch.Tensor, value: 
 def test_bake_global_folds_the_mask_into_every_target_layer(tmp_path, tiny_model, tiny_data, kind):
     cfg, gl = _init(_config(tmp_path, tiny_model, tiny_data, kind))
     gl = _nontrivial_global(gl)
-    plain = _base(cfg).model
-    baked = bake_global(_base(cfg), gl, "expected")
+    gl.tensors.update({k: v + 0.5 for k, v in gl.tensors.items() if k.startswith("head/")})
+    plain, base = _base(cfg).model, _base(cfg)
+    with torch.no_grad():  # BERT initialises biases to 0, which would hide an unscaled bias
+        for name in gl.meta.targets:
+            for model in (plain, base.model):
+                bias = model.get_submodule(name).bias
+                bias.copy_(torch.linspace(-1.0, 1.0, bias.numel()))
+    baked = bake_global(base, gl, "expected")
     group = {"bernoulli": "probs", "threshold": "mask", "scaling": "scale"}[kind]
     for name in gl.meta.targets:
         before, after = plain.get_submodule(name), baked.get_submodule(name)
         weight, bias = _expected_baked(kind, before.weight, before.bias, gl.tensors[f"{group}/{name}"])
         assert not torch.equal(after.weight, before.weight), name
         assert torch.allclose(after.weight, weight) and torch.allclose(after.bias, bias), name
+    params = dict(baked.named_parameters())
+    for name in gl.meta.head:  # the global's head, not the base model's
+        assert torch.equal(params[name], gl.tensors[f"head/{name}"]), name
 
 
 def test_bake_global_sample_mode_keeps_or_drops_each_weight_at_its_probability(tmp_path, tiny_model, tiny_data):
