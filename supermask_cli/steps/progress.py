@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from .. import storage
 from ..config import Config
 from ..layout import CLIENT_FILE, Layout
-from ..sampling import participants
+from .participants import sampled
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class RoundProgress:
     has_global: bool  # round_RRR/global.safetensors
     has_metrics: bool  # round_RRR/metrics.json
     has_participants_file: bool  # round_RRR/participants.json
-    participants: list[int]  # sampled for this round, from (seed, round)
+    participants: list[int]  # sampled for this round, from (seed, round): participants.json's list
     clients_done: list[int]  # client ids with an upload in round_RRR/clients/
     clients_missing: list[int]  # participants without an upload
 
@@ -27,12 +27,6 @@ class RoundProgress:
         d = asdict(self)
         return {"round": d.pop("round"), "global": d.pop("has_global"), "metrics": d.pop("has_metrics"),
                 "participants_file": d.pop("has_participants_file"), **d}
-
-
-def sampled(cfg: Config, rnd: int) -> list[int]:
-    """Round ``rnd``'s participants (the same list ``participants.json`` holds)."""
-    fed = cfg.federation
-    return participants(fed.num_clients, fed.clients_per_round, cfg.seed, rnd)
 
 
 def round_progress(cfg: Config, rnd: int) -> RoundProgress:
