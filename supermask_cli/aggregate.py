@@ -8,6 +8,9 @@ the reduced value into the global tensor of that group:
 - ``mask/*`` of ``threshold`` clients -> ``mask/*`` = reduced value >= 0.5 (weighted majority; ties keep)
 - ``scale/*``, ``head/*`` -> the reduced value
 
+Client weights come from the self-reported example counts through :func:`example_weights`
+(``federation.weighting``; default ``bounded``: capped at a multiple of the round's median).
+
 Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median), ``trimmed_mean``
 (drop the ⌊βN⌋ lowest and highest values per coordinate, weighted mean of the rest), ``capped``
 (example-weighted mean with each client's share of the weight capped) and ``filtered`` (drop
@@ -33,6 +36,32 @@ from .mask.functions import clamp_probs
 
 RULES = ("mean", "median", "trimmed_mean", "capped", "filtered")
 STREAMING_RULES = ("mean", "capped", "filtered")
+WEIGHTINGS = ("bounded", "examples", "uniform")
+MEDIAN_MULTIPLE = 3.0
+"""``bounded`` weighting: no client's weight exceeds this multiple of the round's median count."""
+MIN_SPREAD = 1e-3
+"""``filtered``: the spread is never below this (bits per weight, fraction of flipped bits, or RMS
+change of the scaling vectors: 0.1% of a weight's scale), so tiny honest differences are not
+outliers when most clients changed nothing."""
+
+
+def example_weights(counts: list[int] | torch.Tensor, weighting: str, multiple: float = MEDIAN_MULTIPLE) -> torch.Tensor:
+    """Each client's weight in the mean from its self-reported example counts (float64).
+
+    ``examples``: the counts as reported (one client claiming millions of examples becomes the
+    global); ``uniform``: 1 each; ``bounded`` (default): the counts, each capped at ``multiple``
+    times the median count of the round (the lower middle value for an even number of clients),
+    so honest size differences up to that factor keep their weight and a lie gains at most it."""
+    w = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+    if weighting == "examples":
+        return w
+    if weighting == "uniform":
+        return torch.ones_like(w)
+    if weighting == "bounded":
+        if w.numel() == 0:
+            return w
+        return w.clamp(max=multiple * float(w.median()))
+    raise ValueError(f"unknown federation.weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
 
 
 def weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -103,12 +132,14 @@ def surprise(kind: str, client: dict[str, torch.Tensor], global_: dict[str, torc
     return math.sqrt(mean) if kind == "scaling" else mean
 
 
-def outliers(scores: torch.Tensor, k: float) -> torch.Tensor:
-    """Clients whose score exceeds median + k·MAD (MAD floored at 1% of the median): True = drop."""
+def outliers(scores: torch.Tensor, k: float, min_spread: float = MIN_SPREAD) -> torch.Tensor:
+    """Clients whose score exceeds median + k·MAD: True = drop. The MAD is floored at 1% of the
+    median and at ``min_spread``, so when most clients changed nothing (MAD 0) a client that
+    learned a little is not an outlier."""
     scores = scores.to(torch.float64)
     median = scores.median()
     mad = (scores - median).abs().median()
-    spread = torch.clamp(mad, min=max(0.01 * float(median.abs()), 1e-12))
+    spread = torch.clamp(mad, min=max(0.01 * float(median.abs()), min_spread))
     return scores > median + k * spread
 
 

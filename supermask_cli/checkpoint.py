@@ -92,6 +92,35 @@ class PoolMeta(_Strict):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class ClientPrivacy(_Strict):
+    """A client file's privacy ledger (README "Privacy"): everything the accountant needs to
+    recompute ``epsilon``; ``steps`` and ``epsilon`` are cumulative over the run for this client."""
+
+    mode: Literal["example", "client"]
+    noise_multiplier: float = Field(ge=0.0)
+    max_grad_norm: float | None = Field(gt=0.0)  # client mode: the L2 bound on the float update
+    max_flips: int | None = Field(ge=1)  # client mode: mask bits that may differ from the global
+    sample_rate: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=0)
+    delta: float = Field(gt=0.0, lt=1.0)
+    epsilon: float | None = Field(ge=0.0)  # null: unbounded (no noise)
+    round_epsilon: float | None = Field(ge=0.0)  # this round's steps alone
+    accountant: Literal["rdp", "prv", "pld"]
+    accountant_version: str
+
+
+class RunPrivacy(_Strict):
+    """A global's privacy: ε of the run up to this global (the largest over clients) and of the
+    round that made it."""
+
+    mode: Literal["example", "client"]
+    delta: float = Field(gt=0.0, lt=1.0)
+    epsilon: float | None = Field(ge=0.0)
+    round_epsilon: float | None = Field(ge=0.0)
+    accountant: Literal["rdp", "prv", "pld"]
+    accountant_version: str
+
+
 class FileMeta(_Strict):
     """Everything needed to check a file against its run, round, global and base model."""
 
@@ -113,6 +142,7 @@ class FileMeta(_Strict):
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
     pool: PoolMeta | None = None
+    privacy: ClientPrivacy | RunPrivacy | None = None
     created_by: str
 
     @property
@@ -223,7 +253,8 @@ def encode_tensors(
                 blob = coding.encode_sparse(value, reference_plan(reference, name))
             else:
                 blob = coding.encode_mask(value, reference_probs(meta, name, reference))
-            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+            # An ANS stream may be empty (a mask of all zeros): frombuffer refuses empty buffers.
+            out[f"code/{name}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
     return out
 
 
@@ -238,7 +269,8 @@ def payload_bits(stored: dict[str, torch.Tensor]) -> int:
 
 def serialize(meta: FileMeta, stored: dict[str, torch.Tensor]) -> bytes:
     """Bytes of a safetensors file holding ``stored`` with ``meta`` in its header (deterministic)."""
-    text = json.dumps(meta.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    dumped = meta.model_dump(mode="json", exclude={"privacy"} if meta.privacy is None else None)
+    text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     ordered = {k: stored[k] for k in sorted(stored)}
     return st_save(ordered, metadata={META_KEY: text})
 
@@ -390,6 +422,13 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
     return out
 
 
+def decode_stored(
+    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
+) -> dict[str, torch.Tensor]:
+    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
+    return _decode(meta, stored, reference, path)
+
+
 def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkpoint:
     """Parse and validate checkpoint bytes; coded client files need their ``reference`` global."""
     header, _ = parse_header(data, path)
@@ -406,6 +445,30 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
         raise _fail(path, f"unreadable safetensors data ({type(exc).__name__})") from None
     tensors = _decode(meta, stored, reference, path)
     return Checkpoint(meta=meta, tensors=tensors, digest=file_digest(data), path=path, size=len(data))
+
+
+CODE_BYTES_PER_WEIGHT = 2
+"""Most bytes per masked weight a client mask may take: ``none`` stores one byte per weight and
+``coded``/``sparse`` streams stay below 16 bits per weight (an ANS code of a bit costs at most
+-log2 of the clamped probability, ≈10 bits; a sparse surprise a few bits); ``packed`` is 1/8."""
+HEADER_SLACK_BYTES = 64 * 1024
+HEADER_BYTES_PER_ENTRY = 512
+
+
+def max_client_bytes(global_meta: FileMeta) -> int:
+    """The largest client file a global's metadata allows: mask payload at its worst encoding
+    (or the scaling vectors), the head in float32, and a header of the global's names plus slack.
+    Client files larger than this are refused before any byte of them is parsed."""
+    payload = 0
+    for target in global_meta.targets.values():
+        if global_meta.kind == "scaling":
+            payload += 4 * target.out_features
+        else:
+            payload += CODE_BYTES_PER_WEIGHT * math.prod(target.shape) + HEADER_BYTES_PER_ENTRY
+    payload += sum(4 * math.prod(shape) for shape in global_meta.head.values())
+    names = len(global_meta.model_dump_json())
+    entries = len(global_meta.targets) + len(global_meta.head)
+    return payload + HEADER_SLACK_BYTES + 4 * names + HEADER_BYTES_PER_ENTRY * entries
 
 
 def load_checkpoint(path: str, reference: Checkpoint | None = None, max_bytes: int = MAX_FILE_BYTES) -> Checkpoint:

@@ -218,8 +218,8 @@ CORPUS: dict[str, tuple] = {
     "padded": (lambda r: r.coded + b"\0" * 64, "truncated or padded", None),
     "header_length_2e64": (lambda r: b"\xff" * 8 + r.coded[8:], "header claims 18446744073709551615 bytes", None),
     "header_length_8MiB": (lambda r: (8 << 20).to_bytes(8, "little") + r.coded[8:], "header runs past the end", None),
-    "header_bomb_50k_entries": (_header_bomb, "entries, limit 20000", None),
-    "header_deeply_nested": (lambda r: _raw_header(b"[" * 100_000 + b"]" * 100_000), "header is not JSON", None),
+    "header_bomb_50k_entries": (_header_bomb, "entries, limit 20000", "-byte limit"),  # aggregate: over max_client_bytes
+    "header_deeply_nested": (lambda r: _raw_header(b"[" * 100_000 + b"]" * 100_000), "header is not JSON", "-byte limit"),
     "header_huge_integer": (lambda r: _raw_header(b'{"a": ' + b"9" * 5000 + b"}"), "header is not JSON", None),
     "not_supermask_metadata": (lambda r: join({"__metadata__": {"x": "y"}}, b""), "no 'supermask' metadata", None),
     "mask_float32": (lambda r: with_tensor(r.packed, lambda s: {**s, first_key(s, "mask"): s[first_key(s, "mask")].float()}),

@@ -6,11 +6,12 @@ import time
 import torch
 
 from .. import __version__, checkpoint, storage
-from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, finalize, outliers, reduce_stacked, server_step, surprise
+from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, example_weights, finalize, outliers, reduce_stacked, server_step, surprise
 from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
 from ..layout import CLIENT_FILE, Layout
+from ..privacy import client_level, ledger
 from .checks import check_client, open_round, refuse_existing
 from .participants import sampled, write_participants
 from .runlog import AggregateResult, aggregate_result, write_metrics_log
@@ -56,7 +57,7 @@ def _screen(paths: list[str], gl: Checkpoint, cfg: Config, expected: list[int], 
     seen: dict[int, str] = {}
     for p in paths:
         try:
-            meta = checkpoint.read_meta(p)
+            meta = checkpoint.read_meta(p, max_bytes=checkpoint.max_client_bytes(gl.meta))
             check_client(meta, p, gl, cfg)
             if meta.client in seen:
                 raise CheckpointError(f"{p}: client {meta.client} already uploaded {seen[meta.client]}")
@@ -82,7 +83,7 @@ def _drop_outliers(
     scored: list[tuple[str, FileMeta, float]] = []
     for p, meta in metas:
         try:
-            ckpt = checkpoint.load_checkpoint(p, reference=gl)
+            ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
         except CheckpointError as exc:
             if not skip_invalid:
                 raise
@@ -102,7 +103,7 @@ def _drop_outliers(
 
 def client_weights(metas: list[tuple[str, FileMeta]], rule: str, cfg: Config) -> list[float]:
     """Each accepted client's weight in the mean (example counts, capped under ``capped``)."""
-    weights = torch.tensor([float(m.num_examples) for _, m in metas], dtype=torch.float64)
+    weights = example_weights([m.num_examples for _, m in metas], cfg.federation.weighting)
     if rule == "capped" and len(metas):
         weights = capped_weights(weights, cfg.federation.max_client_share)
     return weights.tolist()
@@ -119,7 +120,7 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
         failed: str | None = None
         for (p, meta), weight in zip(metas, client_weights(metas, rule, cfg)):
             try:
-                ckpt = checkpoint.load_checkpoint(p, reference=gl)
+                ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
                 check_client(ckpt.meta, p, gl, cfg)
             except CheckpointError as exc:
                 if not skip_invalid:
@@ -129,7 +130,7 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
                 break
             records.append(ClientRecord(client=meta.client or 0, num_examples=meta.num_examples, digest=ckpt.digest,
                                         bytes=ckpt.size, mask_bits=ckpt.meta.mask_bits))
-            if rule in STREAMING_RULES:
+            if rule in STREAMING_RULES and cfg.privacy.mode != "client":
                 running.add(ckpt.tensors, weight)
             else:
                 accepted.append((ckpt.tensors, weight))
@@ -139,6 +140,8 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
         metas = [(p, m) for p, m in metas if p != failed]
     if not records:
         return {}, records
+    if cfg.privacy.mode == "client":  # bounded contributions plus noise (privacy.client_level)
+        return client_level.aggregate(cfg, gl.meta.kind, gl.tensors, [t for t, _ in accepted]), records
     if rule in STREAMING_RULES:
         return running.result(), records
     return reduce_stacked([t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio), records
@@ -190,6 +193,7 @@ def aggregate(
         metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
     reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
+    accepted = {r.client for r in records}
     tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
     meta = gl.meta.model_copy(
         update={
@@ -197,6 +201,7 @@ def aggregate(
             "num_examples": sum(r.num_examples for r in records),
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped, missing=missing),
+            "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in accepted]),
             "created_by": f"supermask {__version__}",
         }
     )

@@ -6,11 +6,12 @@ import json
 import time
 from typing import Any
 
-from .. import storage
+from .. import storage, transport
 from ..evaluate import evaluate_model
 from ..layout import Layout
 from ..masked_model import bake_global
 from ..config import Config
+from ..privacy import ledger
 from ..train import resolve_device
 from .checks import check_base_matches, derive_seed, latest_round, load_base, load_global, refuse_existing
 from .pool import eval_examples, metric_names, resolved
@@ -67,7 +68,10 @@ def evaluate(
         "eval_seconds": seconds,
         "eval_examples_per_s": len(examples) / max(seconds, 1e-9),
         "checkpoint_digest": gl.digest,
+        **ledger.metrics_fields(cfg, gl.meta),
     }
+    if checkpoint_path == layout.global_path(rnd):  # what a client holding the previous global fetches
+        metrics.update(transport.download_metrics(cfg, layout, rnd))
     storage.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n", force=force)
     if path == layout.metrics_path(rnd):
         write_metrics_log(layout)

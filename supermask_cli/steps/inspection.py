@@ -60,6 +60,7 @@ def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
         "parent_digest": meta.parent_digest,
         "digest": ckpt.digest if ckpt is not None else None,
         "aggregation": meta.aggregation.model_dump() if meta.aggregation else None,
+        "privacy": meta.privacy.model_dump() if meta.privacy else None,
         "modules": modules,
     }
     return info

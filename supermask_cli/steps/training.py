@@ -12,7 +12,8 @@ from ..checkpoint import Checkpoint, FileMeta
 from ..config import Config
 from ..errors import SupermaskError
 from ..masked_model import trainable_from_global, upload_tensors
-from ..train import DEFAULT_LR, TrainSettings, resolve_device, train_masks, use_dropout
+from ..privacy import client_level, ledger
+from ..train import DEFAULT_LR, TrainSettings, planned_steps, resolve_device, train_masks, use_dropout
 from .checks import check_base_matches, derive_seed, load_base, open_round, refuse_existing
 from .participants import sampled, write_participants
 from .pool import client_examples
@@ -123,14 +124,21 @@ def train_client(
     device = resolve_device(cfg.train.device)
     base.model.to(device)
     layers, head_params = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
+    settings = train_settings(cfg, derive_seed(cfg.seed, rnd, client))
+    steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
+    dp = None
+    if cfg.privacy.mode == "example":
+        dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps)
     stats = train_masks(
-        base.model, layers, head_params, base.tokenizer, examples,
-        train_settings(cfg, derive_seed(cfg.seed, rnd, client)), device, cfg.train.precision,
-        description=f"round {rnd} client {client}",
+        base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,
+        description=f"round {rnd} client {client}", privacy=dp,
     )
     named_head = {n: p for n, p in base.model.named_parameters() if n in gl.meta.head}
     upload_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, rnd, client, UPLOAD_STREAM))
     tensors = upload_tensors(layers, named_head, cfg.mask.kind, upload_rng)
+    if cfg.privacy.mode == "client":
+        priority = client_level.flip_priority(cfg.mask.kind, layers, gl.tensors)
+        tensors = client_level.bound_upload(cfg.mask.kind, tensors, gl.tensors, priority, cfg.privacy.max_flips)
     meta = gl.meta.model_copy(
         update={
             "role": "client",
@@ -138,6 +146,7 @@ def train_client(
             "num_examples": len(examples),
             "parent_digest": gl.digest,
             "aggregation": None,
+            "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps),
             "created_by": f"supermask {__version__}",
         }
     )
