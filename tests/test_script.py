@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,29 +19,42 @@ def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=1200)
 
 
-def test_two_rounds_with_parallel_clients_then_rerun_is_a_no_op(tiny_config, tmp_path):
+def test_rounds_with_parallel_clients_resume_then_no_op_and_same_bytes_as_run(tiny_config, tmp_path):
     # Prepare
-    config = tiny_config("threshold", federation={"num_clients": 3, "rounds": 5})
+    from supermask_cli import steps
+    from supermask_cli.config import load_config
+
+    config = tiny_config("bernoulli", federation={"num_clients": 3, "rounds": 2})
     run_dir = Path(yaml.safe_load(config.read_text())["run_dir"])
 
-    # Execute: 2 rounds (overriding the config's 5), 2 clients at a time
-    result = run_script("--config", str(config), "--rounds", "2", "--jobs", "2", cwd=tmp_path)
+    # Execute: 1 round (stopping before the config's 2), 2 clients at a time
+    result = run_script("--config", str(config), "--rounds", "1", "--jobs", "2", cwd=tmp_path)
 
     # Assert
     assert result.returncode == 0, result.stderr
-    for rnd in range(3):
+    for rnd in range(2):
         assert (run_dir / f"round_{rnd:03d}" / "global.safetensors").is_file()
         assert json.loads((run_dir / f"round_{rnd:03d}" / "metrics.json").read_text())["round"] == rnd
-    for rnd in range(2):
-        assert sorted(p.name for p in (run_dir / f"round_{rnd:03d}" / "clients").iterdir()) == [
-            "client_000.safetensors", "client_001.safetensors", "client_002.safetensors"]
-    assert not (run_dir / "round_003").exists()
-    before = {p: p.read_bytes() for p in run_dir.rglob("*.safetensors")}
+    assert sorted(p.name for p in (run_dir / "round_000" / "clients").iterdir()) == [
+        "client_000.safetensors", "client_001.safetensors", "client_002.safetensors"]
+    assert not (run_dir / "round_002").exists()
 
-    again = run_script("--config", str(config), "--rounds", "2", cwd=tmp_path)
+    # Execute: continue to the config's 2 rounds, then once more
+    rest = run_script("--config", str(config), "--jobs", "2", cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    assert "round 0: training" not in rest.stderr and "round 1: training 3 client(s)" in rest.stderr
+    before = {p: p.read_bytes() for p in run_dir.rglob("*.safetensors")}
+    again = run_script("--config", str(config), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "training" not in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*.safetensors")} == before
+
+    # Assert: the same bytes as `supermask run` of the same config in another run dir
+    reference = tmp_path / "reference"
+    steps.run(load_config(config, [f"run_dir={reference}"]))
+    for rnd in (1, 2):
+        name = f"round_{rnd:03d}/global.safetensors"
+        assert hashlib.sha256((run_dir / name).read_bytes()).digest() == hashlib.sha256((reference / name).read_bytes()).digest()
 
 
 def test_missing_config_argument_exits_2(tmp_path):

@@ -19,7 +19,7 @@ class RoundProgress:
     has_global: bool  # round_RRR/global.safetensors
     has_metrics: bool  # round_RRR/metrics.json
     has_participants_file: bool  # round_RRR/participants.json
-    participants: list[int]  # sampled for this round, from (seed, round)
+    participants: list[int]  # sampled for this round, from (seed, round): participants.json's list
     clients_done: list[int]  # client ids with an upload in round_RRR/clients/
     clients_missing: list[int]  # participants without an upload
 
