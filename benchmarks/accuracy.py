@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from supermask_cli import workflows  # noqa: E402
+from supermask_cli import steps as api  # noqa: E402
 from supermask_cli.config import Config, load_config  # noqa: E402
 from supermask_cli.evaluate import evaluate_model  # noqa: E402
 from supermask_cli.train import batch_order, encode_batch, linear_schedule, resolve_device  # noqa: E402
@@ -42,9 +42,9 @@ KIND_SETTINGS = {
 
 def plain_model(cfg: Config):
     """The resolved config, label names, base model (every parameter trainable) and device."""
-    labels = workflows.resolve_label_names(cfg)
-    cfg = workflows.resolved(cfg, labels)
-    base = workflows.load_base(cfg, labels)
+    labels = api.resolve_label_names(cfg)
+    cfg = api.resolved(cfg, labels)
+    base = api.load_base(cfg, labels)
     for p in base.model.parameters():
         p.requires_grad_(True)
     device = resolve_device(cfg.train.device)
@@ -66,7 +66,7 @@ def fit(base, data, cfg: Config, steps: int, optimizer, generator: torch.Generat
 
 def evaluate(cfg: Config, labels, base, device) -> dict:
     return evaluate_model(
-        base.model, base.tokenizer, workflows.eval_examples(cfg, labels), workflows.metric_names(cfg),
+        base.model, base.tokenizer, api.eval_examples(cfg, labels), api.metric_names(cfg),
         batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length, device=device, precision="fp32",
     )
 
@@ -74,7 +74,7 @@ def evaluate(cfg: Config, labels, base, device) -> dict:
 def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
     """Centralized full fine-tuning (AdamW on every parameter, linear decay) on the pooled data."""
     cfg, labels, base, device = plain_model(cfg)
-    pool = workflows.train_pool(cfg, labels)
+    pool = api.train_pool(cfg, labels)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(base.model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(steps, int(cfg.train.warmup_ratio * steps)))
@@ -94,9 +94,9 @@ def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> list[di
         sums: dict[str, torch.Tensor] = {}
         total = 0
         for client in range(cfg.federation.num_clients):
-            data = workflows.client_examples(cfg, client, labels)
+            data = api.client_examples(cfg, client, labels)
             model.load_state_dict(global_state)
-            seed = workflows.derive_seed(cfg.seed, rnd, client)
+            seed = api.derive_seed(cfg.seed, rnd, client)
             torch.manual_seed(seed)
             optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
             fit(base, data, cfg, local_steps, optimizer, torch.Generator().manual_seed(seed), device)
@@ -112,7 +112,7 @@ def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> list[di
 
 def masked(cfg: Config) -> list[dict]:
     """A federated (or, with one client and one round, centralized) mask run; metrics per round."""
-    return [s.metrics for s in workflows.run(cfg)]
+    return [s.metrics for s in api.run(cfg)]
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from supermask_cli import checkpoint, workflows  # noqa: E402
+from supermask_cli import checkpoint
+from supermask_cli import steps  # noqa: E402
 from supermask_cli.config import load_config  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
 
@@ -61,7 +62,7 @@ def child(config: str, overrides: list[str], n: int, rule: str) -> None:
     paths = layout.client_files(0)[:n]
     out = os.path.join(cfg.run_dir, f"global_{n}_{rule}.safetensors")
     start = time.perf_counter()
-    workflows.aggregate(cfg, rnd=0, client_paths=paths, out=out, force=True, rule=rule)
+    steps.aggregate(cfg, rnd=0, client_paths=paths, out=out, force=True, rule=rule)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"clients": n, "rule": rule, "seconds": seconds, "peak_rss_mib": peak_mib}))
@@ -83,7 +84,7 @@ def main() -> None:
         child(args.config, overrides, args.child, args.rule)
         return
     cfg = load_config(args.config, overrides)
-    _, cfg = workflows.init(cfg, force=True)
+    _, cfg = steps.init(cfg, force=True)
     synthesize(cfg, max(args.clients), args.encoding)
     results = []
     for rule in args.rules:

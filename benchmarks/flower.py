@@ -73,7 +73,7 @@ def main() -> None:
         }
         if rnd > 0:
             previous = checkpoint.load_checkpoint(layout.global_path(rnd - 1))
-            fetch = transport.download(layout, rnd)
+            fetch = transport.download(cfg, layout, rnd)
             rebuilt = transport.apply_delta(cfg, previous, fetch.data) if fetch.is_delta else fetch.data
             row["rebuilt_from_delta_identical"] = fetch.is_delta and rebuilt == Path(layout.global_path(rnd)).read_bytes()
         fr = flower_rounds.get(rnd)

@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from supermask_cli import checkpoint, workflows  # noqa: E402
+from supermask_cli import checkpoint
+from supermask_cli import steps  # noqa: E402
 from supermask_cli.config import Config, load_config  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
 
@@ -47,22 +48,22 @@ def federated(cfg: Config, rule: str, attackers: list[int], how: str | None, cac
     Training is deterministic, so clients of a global already seen (same digest) are copied
     from ``cache`` (global digest -> clients dir) instead of retrained."""
     layout = Layout(cfg.run_dir)
-    _, cfg = workflows.init(cfg)
+    _, cfg = steps.init(cfg)
     for rnd in range(cfg.federation.rounds):
         digest = checkpoint.load_checkpoint(layout.global_path(rnd)).digest
         if digest in cache:
             shutil.copytree(cache[digest], layout.clients_dir(rnd))
         else:
             for client in range(cfg.federation.num_clients):
-                workflows.train_client(cfg, client, rnd=rnd)
+                steps.train_client(cfg, client, rnd=rnd)
             cache[digest] = os.path.join(cfg.run_dir, f"clean_clients_{rnd:03d}")
             shutil.copytree(layout.clients_dir(rnd), cache[digest])
         if how is not None:
             gl = checkpoint.load_checkpoint(layout.global_path(rnd))
             for client in attackers:
                 attack(layout.client_path(rnd, client), gl, how, seed=1000 * rnd + client)
-        workflows.aggregate(cfg, rnd=rnd, rule=rule)
-    metrics, _ = workflows.evaluate(cfg, rnd=cfg.federation.rounds)
+        steps.aggregate(cfg, rnd=rnd, rule=rule)
+    metrics, _ = steps.evaluate(cfg, rnd=cfg.federation.rounds)
     return metrics
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     base = load_config(args.config, args.overrides)
-    metric = workflows.metric_names(base)[0]
+    metric = steps.metric_names(base)[0]
     results: dict = {"config": args.config, "overrides": args.overrides, "attackers": args.attackers, "metric": metric}
     start = time.perf_counter()
     cache: dict[str, str] = {}

@@ -8,14 +8,14 @@ machine hits every method alike. Absolute times are reported for information onl
 a. ``step``: seconds per training step at ``--batch-size`` / ``--max-length`` (padded to the
    longest in the batch, like ``train.encode_batch``) of
    - ``mask_<kind>``: the product's step (``train.train_masks``: MaskedLinear from a global made
-     by ``workflows.init``, Adam on scores + AdamW on the head, LR schedule, grad clipping);
+     by ``steps.init``, Adam on scores + AdamW on the head, LR schedule, grad clipping);
      with the product's default ``train.dropout`` (off for bernoulli); ``mask_<kind>_dropout``
      (``--mask-dropout``): the same with the model's dropout on,
    - ``full``: full fine-tuning of the plain HF model (AdamW lr 5e-5 on every parameter, torch's
      default implementation, clipping at 1.0); ``full_fused``: the same with ``fused=True``,
    - ``frozen``: the floor, the plain model frozen except the head, forward + backward, no optimizer.
 b. ``eval``: examples/s (no_grad, batch ``--eval-batch-size``) of the exported model
-   (``workflows.export`` + ``from_pretrained``) against the plain HF model.
+   (``steps.export`` + ``from_pretrained``) against the plain HF model.
 c. ``memory``: peak RSS (``ru_maxrss``) of a fresh child process per measurement that loads
    the model and runs ``--memory-steps`` training steps; mask training vs full fine-tuning.
    With ``--device cuda`` also the child's peak GPU memory held by tensors
@@ -57,12 +57,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # torch and the package are imported lazily (``_heavy``): the memory children are started while
 # this process is still small, because ru_maxrss survives fork + exec (a child started from a
 # process holding a model would inherit its high-water mark).
-np = torch = workflows = load_checkpoint = config_from_dict = Examples = None
+np = torch = steps = load_checkpoint = config_from_dict = Examples = None
 trainable_from_global = resolve_model_path = DEFAULT_LR = encode_batch = linear_schedule = train = None
 
 
 def _heavy(threads: int | None = None) -> None:
-    global np, torch, workflows, load_checkpoint, config_from_dict, Examples
+    global np, torch, steps, load_checkpoint, config_from_dict, Examples
     global trainable_from_global, resolve_model_path, DEFAULT_LR, encode_batch, linear_schedule, train
     import numpy
     import torch as _torch
@@ -73,12 +73,12 @@ def _heavy(threads: int | None = None) -> None:
     import supermask_cli.masked_model
     import supermask_cli.model
     import supermask_cli.train
-    import supermask_cli.workflows
+    import supermask_cli.steps
 
     np, torch = numpy, _torch
     if threads:
         torch.set_num_threads(threads)
-    workflows = supermask_cli.workflows
+    steps = supermask_cli.steps
     load_checkpoint = supermask_cli.checkpoint.load_checkpoint
     config_from_dict = supermask_cli.config.config_from_dict
     Examples = supermask_cli.data.Examples
@@ -161,8 +161,8 @@ def global_path(root: str, kind: str) -> str:
 
 
 def make_global(root: str, kind: str, data_path: str) -> str:
-    """Round 0's global as ``workflows.init`` writes it (bernoulli: probs 0.99; threshold: all ones)."""
-    result, _ = workflows.init(make_config(os.path.join(root, f"run_{kind}"), kind, data_path))
+    """Round 0's global as ``steps.init`` writes it (bernoulli: probs 0.99; threshold: all ones)."""
+    result, _ = steps.init(make_config(os.path.join(root, f"run_{kind}"), kind, data_path))
     assert result.path == global_path(root, kind), result.path
     return result.path
 
@@ -175,8 +175,8 @@ def mask_stepper(cfg, global_path: str, total_steps: int):
     ``cfg.train.device`` at ``cfg.train.precision``."""
     device = torch.device(cfg.train.device)
     gl = load_checkpoint(global_path)
-    base = workflows.load_base(cfg, gl.meta.labels)
-    base.model.to(device)  # before the masks, as workflows.train does: scores are made beside the weights
+    base = steps.load_base(cfg, gl.meta.labels)
+    base.model.to(device)  # before the masks, as steps.train does: scores are made beside the weights
     layers, head_params = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
     model = base.model
     mask_params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
@@ -460,7 +460,7 @@ def main() -> None:
         if "eval" not in args.skip:
             kind = kinds[0]
             out_dir = os.path.join(root, "exported")
-            workflows.export(paths[kind], out_dir, cfg=cfgs[kind])
+            steps.export(paths[kind], out_dir, cfg=cfgs[kind])
             exported = AutoModelForSequenceClassification.from_pretrained(out_dir).to(device).eval()
             plain = plain_model().to(device).eval()
             eval_batches = make_batches(tokenizer, args.data, args.eval_batches, args.eval_batch_size, args.max_length,

@@ -19,7 +19,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from supermask_cli import checkpoint, coding, workflows  # noqa: E402
+from supermask_cli import checkpoint, coding
+from supermask_cli import steps  # noqa: E402
 from supermask_cli.config import load_config  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
 
@@ -55,13 +56,13 @@ def main() -> None:
         run_dir = os.path.join(args.out_dir, encoding)
         cfg = load_config(args.config, [*args.overrides, f"run_dir={run_dir}", f"mask.encoding={encoding}"])
         start = time.perf_counter()
-        summaries = workflows.run(cfg)
+        summaries = steps.run(cfg)
         finals[encoding] = {"metrics": summaries[-1].metrics, "seconds": time.perf_counter() - start}
         if encoding == "auto":
             layout = Layout(run_dir)
             for rnd in range(cfg.federation.rounds):
                 rows.append({"round": rnd, **round_bits(layout, rnd), "stored_bits_per_weight": summaries[rnd].upload.bits_per_weight})
-    main_metric = workflows.metric_names(cfg)[0]
+    main_metric = steps.metric_names(cfg)[0]
     result = {
         "config": args.config,
         "overrides": args.overrides,

@@ -81,6 +81,44 @@ class AggregationMeta(_Strict):
     rule: str
     clients: list[ClientRecord]
     dropped: list[DroppedRecord]
+    missing: list[int] = Field(default_factory=list)  # sampled clients whose upload never arrived
+
+
+class PoolMeta(_Strict):
+    """The training pool every client's partition is cut from, recorded by ``init``."""
+
+    source: Literal["hub", "local"]
+    num_examples: int = Field(ge=0)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ClientPrivacy(_Strict):
+    """A client file's privacy ledger (README "Privacy"): everything the accountant needs to
+    recompute ``epsilon``; ``steps`` and ``epsilon`` are cumulative over the run for this client."""
+
+    mode: Literal["example", "client"]
+    noise_multiplier: float = Field(ge=0.0)
+    max_grad_norm: float | None = Field(gt=0.0)  # client mode: the L2 bound on the float update
+    max_flips: int | None = Field(ge=1)  # client mode: mask bits that may differ from the global
+    sample_rate: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=0)
+    delta: float = Field(gt=0.0, lt=1.0)
+    epsilon: float | None = Field(ge=0.0)  # null: unbounded (no noise)
+    round_epsilon: float | None = Field(ge=0.0)  # this round's steps alone
+    accountant: Literal["rdp", "prv", "pld"]
+    accountant_version: str
+
+
+class RunPrivacy(_Strict):
+    """A global's privacy: ε of the run up to this global (the largest over clients) and of the
+    round that made it."""
+
+    mode: Literal["example", "client"]
+    delta: float = Field(gt=0.0, lt=1.0)
+    epsilon: float | None = Field(ge=0.0)
+    round_epsilon: float | None = Field(ge=0.0)
+    accountant: Literal["rdp", "prv", "pld"]
+    accountant_version: str
 
 
 class FileMeta(_Strict):
@@ -103,6 +141,8 @@ class FileMeta(_Strict):
     coding_flip_rate: float | None = None
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
+    pool: PoolMeta | None = None
+    privacy: ClientPrivacy | RunPrivacy | None = None
     created_by: str
 
     @property
@@ -228,7 +268,8 @@ def payload_bits(stored: dict[str, torch.Tensor]) -> int:
 
 def serialize(meta: FileMeta, stored: dict[str, torch.Tensor]) -> bytes:
     """Bytes of a safetensors file holding ``stored`` with ``meta`` in its header (deterministic)."""
-    text = json.dumps(meta.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    dumped = meta.model_dump(mode="json", exclude={"privacy"} if meta.privacy is None else None)
+    text = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     ordered = {k: stored[k] for k in sorted(stored)}
     return st_save(ordered, metadata={META_KEY: text})
 
@@ -283,6 +324,7 @@ def parse_meta(header: dict, path: str) -> FileMeta:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        where = where.encode("unicode_escape").decode("ascii")[:200]  # a key is the uploader's text: one line
         raise _fail(path, f"bad metadata field '{where}': {err['msg']}") from None
     if meta.format_version != FORMAT_VERSION:
         raise _fail(path, f"format version {meta.format_version}; this supermask reads version {FORMAT_VERSION}")

@@ -1,4 +1,4 @@
-"""The ``supermask`` command line: each command parses options and calls one workflow."""
+"""The ``supermask`` command line: each command parses options and calls one step (supermask_cli.steps)."""
 
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ def init(
 
     Example: `supermask init --config configs/sst2_minilm_offline.yaml`
     """
-    from . import workflows
+    from . import steps
 
-    result, cfg = workflows.init(_config(config, set_), out=out_path, force=force)
+    result, cfg = steps.init(_config(config, set_), out=out_path, force=force)
     for pattern, count in result.target_counts.items():
         out.print(f"target pattern {pattern!r} matched {count} modules", highlight=False)
     out.print(f"{result.num_targets} target modules, {result.num_weights:,} masked weights")
@@ -111,9 +111,9 @@ def train_client(
 
     Example: `supermask train-client --config configs/glue_sst2.yaml --client 3`
     """
-    from . import workflows
+    from . import steps
 
-    r = workflows.train_client(_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force)
+    r = steps.train_client(_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force)
     out.print(_table(f"round {r.round} client {r.client}", [{
         "examples": r.num_examples, "steps": r.steps, "loss": r.mean_loss, "final loss": r.final_loss,
         "ex/s": r.examples_per_s, "density": r.density, "bytes": r.bytes, "bits/weight": r.bits_per_weight,
@@ -137,20 +137,28 @@ def aggregate(
         Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered (default: config).")
     ] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid client files instead of failing.")] = False,
+    wait: Annotated[
+        Optional[float],
+        typer.Option("--wait", min=0, help="Wait up to SECONDS for every sampled client's upload, then aggregate those present."),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Validate a round's client uploads and aggregate them into the next round's global.
 
-    Example: `supermask aggregate --config configs/glue_sst2.yaml --round 0`
+    Only the round's sampled clients (round_RRR/participants.json) may upload. With `--wait`,
+    stragglers missing at the deadline are recorded in the new global; fewer than
+    federation.min_clients uploads fail the round (exit 2).
+
+    Example: `supermask aggregate --config configs/glue_sst2.yaml --round 0 --wait 3600`
     """
-    from . import workflows
+    from . import steps
     from .aggregate import RULES
 
     if aggregator is not None and aggregator not in RULES:
         raise SupermaskError(f"--aggregator {aggregator!r}: use one of {', '.join(RULES)}")
-    r = workflows.aggregate(
+    r = steps.aggregate(
         _config(config, set_), rnd=rnd, global_path=global_path, client_paths=clients, out=out_path,
-        force=force, skip_invalid=skip_invalid, rule=aggregator,
+        force=force, skip_invalid=skip_invalid, rule=aggregator, wait=wait,
     )
     out.print(_table(f"aggregate round {r.round} -> {r.round + 1} ({r.rule})", [{
         "clients": len(r.clients), "dropped": len(r.dropped), "examples": r.num_examples, "density": r.density,
@@ -158,6 +166,8 @@ def aggregate(
     }]))
     for d in r.dropped:
         out.print(f"[yellow]dropped[/] {escape(d.reason)}", highlight=False)
+    if r.missing:
+        out.print(f"[yellow]missing[/] sampled clients without an upload: {r.missing}", highlight=False)
     out.print(f"wrote {r.path}")
 
 
@@ -175,10 +185,10 @@ def eval_(
 
     Example: `supermask eval --config configs/glue_sst2.yaml --round 1`
     """
-    from . import workflows
+    from . import steps
     from .metrics import METRICS
 
-    metrics, path = workflows.evaluate(_config(config, set_), rnd=rnd, checkpoint_path=checkpoint, out=out_path, force=force)
+    metrics, path = steps.evaluate(_config(config, set_), rnd=rnd, checkpoint_path=checkpoint, out=out_path, force=force)
     keys = ["round", "num_examples", "loss", *[k for k in metrics if k in METRICS], "density"]
     out.print(_table(f"eval round {metrics['round']}", [{k: metrics[k] for k in keys}]))
     out.print(f"wrote {path}")
@@ -191,24 +201,24 @@ def run(config: ConfigOpt, set_: SetOpt = None) -> None:
 
     Example: `supermask run --config configs/sst2_minilm_offline.yaml`
     """
-    from . import workflows
+    from . import steps
 
     cfg = _config(config, set_)
-    main = workflows.metric_names(cfg)[0]
+    main = steps.metric_names(cfg)[0]
     rows: list[dict[str, Any]] = []
 
-    def on_client(r: workflows.ClientResult) -> None:
+    def on_client(r: steps.ClientResult) -> None:
         err_console.print(
             f"  round {r.round} client {r.client}: {r.num_examples} examples, loss {r.mean_loss:.4f}, "
             f"{r.examples_per_s:.1f} ex/s, {r.bytes:,} bytes ({r.bits_per_weight:.3f} bits/weight)",
             highlight=False,
         )
 
-    def on_round(s: workflows.RoundSummary) -> None:
+    def on_round(s: steps.RoundSummary) -> None:
         rows.append(s.row(main))
         out.print(_table(f"{cfg.run_dir}", rows))
 
-    workflows.run(cfg, on_client=on_client, on_round=on_round)
+    steps.run(cfg, on_client=on_client, on_round=on_round)
     out.print(f"metrics: {cfg.run_dir}/metrics.jsonl")
 
 
@@ -225,9 +235,9 @@ def inspect(
 
     Example: `supermask inspect runs/sst2/round_001/global.safetensors --json`
     """
-    from . import workflows
+    from . import steps
 
-    info = workflows.inspect(file, global_path)
+    info = steps.inspect(file, global_path)
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
         return
@@ -253,11 +263,11 @@ def export(
 
     Example: `supermask export --checkpoint runs/sst2/round_003/global.safetensors --out exported/`
     """
-    from . import workflows
+    from . import steps
 
     cfg = _config(config, set_) if config else None
     mode = cfg.mask.eval if cfg else "expected"
-    info = workflows.export(checkpoint, out_dir, cfg=cfg, eval_mode=mode, force=force)
+    info = steps.export(checkpoint, out_dir, cfg=cfg, eval_mode=mode, force=force)
     out.print(f"wrote {info['path']} ({info['kind']} round {info['round']}, {info['num_targets']} modules baked); "
               "load it with AutoModelForSequenceClassification.from_pretrained")
 
@@ -285,3 +295,80 @@ def report(
 
 def main() -> None:
     app()
+
+
+@app.command()
+@user_errors
+def progress(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    rnd: Annotated[Optional[int], typer.Option("--round", "-r", help="One round (default: 0..rounds).")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Last round to list (default: federation.rounds).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print which steps of a run are done: per round its global, metrics, participants and uploads.
+
+    One line per round of `key=value` fields (lists comma-separated), or `--json`. Works on URL run dirs.
+
+    Example: `supermask progress --config configs/glue_sst2.yaml --round 2`
+    """
+    from .steps.progress import progress as read_progress
+
+    cfg = _config(config, set_)
+    rows = [p.as_dict() for p in read_progress(cfg, rnd, rounds)]
+    if as_json:
+        sys.stdout.write(json.dumps({"run_dir": cfg.run_dir, "rounds": rows}) + "\n")
+        return
+    for row in rows:
+        fields = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else int(v) if isinstance(v, bool) else v}"
+                  for k, v in row.items()]
+        sys.stdout.write(" ".join(fields) + "\n")
+
+
+@app.command()
+@user_errors
+def slurm(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds to run (default: federation.rounds).")] = None,
+    array_parallelism: Annotated[
+        Optional[int], typer.Option("--array-parallelism", help="At most P clients of a round at once (array %P).")
+    ] = None,
+    sbatch_arg: Annotated[
+        Optional[list[str]],
+        typer.Option("--sbatch-arg", help="Passed to every sbatch, e.g. --sbatch-arg=--partition=gpu (repeatable)."),
+    ] = None,
+    gpus_per_client: Annotated[
+        Optional[int], typer.Option("--gpus-per-client", help="--gres=gpu:N per client job (default: 1 if train.device is cuda/auto, else 0).")
+    ] = None,
+    aggregate_wait: Annotated[
+        int, typer.Option("--aggregate-wait", help="Seconds aggregate waits for missing uploads when min_clients < clients.")
+    ] = 0,
+    slurm_dir: Annotated[
+        Optional[str], typer.Option("--slurm-dir", help="Job scripts, logs and jobs.json (default: <run_dir>/slurm).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write and print the job scripts; submit nothing.")] = False,
+) -> None:
+    """Submit the whole run to Slurm at once: per round a job array of its clients, then aggregate and eval.
+
+    Jobs run this interpreter's `supermask` with the same config and `--set` overrides (share the run dir and
+    the config between nodes). Steps whose outputs exist are skipped: submit again to continue a failed run.
+
+    Example: `supermask slurm --config configs/glue_sst2.yaml --sbatch-arg=--partition=gpu --sbatch-arg=--time=2:00:00`
+    """
+    from .launch import slurm as launcher
+
+    cfg = _config(config, set_)
+    opts = launcher.options(cfg, config, set_ or [], rounds=rounds, array_parallelism=array_parallelism,
+                            sbatch_args=sbatch_arg or [], gpus_per_client=gpus_per_client,
+                            aggregate_wait=aggregate_wait, directory=slurm_dir)
+    records = launcher.submit(cfg, opts, dry_run=dry_run)
+    if not records:
+        out.print(f"nothing to submit: {opts.rounds} round(s) of {cfg.run_dir} are done")
+    for r in records:
+        if dry_run:
+            sys.stdout.write(f"# {r['script']}\n{Path(r['script']).read_text()}# {' '.join(r['sbatch'])}\n\n")
+        else:
+            out.print(f"submitted {r['name']}: job {r['id']}", highlight=False)
+    if records and not dry_run:
+        out.print(f"job ids: {opts.directory / 'jobs.json'}; logs: {opts.directory / 'logs'}")

@@ -90,6 +90,31 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy (README "Privacy"): ``example`` is DP-SGD on each client's examples,
+    ``client`` bounds and noises each client's whole contribution to the aggregate."""
+
+    mode: Literal["none", "example", "client"] = "none"
+    noise_multiplier: float | None = Field(None, ge=0.0)  # null: computed from target_epsilon
+    target_epsilon: float | None = Field(None, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)  # example: per-example clipping; null = off
+    accountant: Literal["rdp", "prv"] = "rdp"
+    max_flips: int = Field(1024, ge=1)  # client: mask bits a client may change from the global
+    client_clip: float = Field(1.0, gt=0.0)  # client: L2 bound on a client's float update
+
+    @model_validator(mode="after")
+    def _check_noise(self) -> PrivacyConfig:
+        if self.mode == "none":
+            return self
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"privacy.mode {self.mode} needs exactly one of privacy.noise_multiplier and privacy.target_epsilon")
+        noisy = self.target_epsilon is not None or bool(self.noise_multiplier)
+        if self.mode == "example" and noisy and self.max_grad_norm is None:
+            raise ValueError("privacy.max_grad_norm (per-example clipping) is required when noise is added")
+        return self
+
+
 class Config(_Section):
     run_dir: str = "runs/default"
     seed: int = 0
@@ -101,17 +126,27 @@ class Config(_Section):
     federation: FederationConfig = FederationConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+
+    @model_validator(mode="after")
+    def _check_privacy(self) -> Config:
+        if self.privacy.mode == "client" and self.federation.aggregator != "mean":
+            raise ValueError("privacy.mode client bounds each client's share of a plain sum: federation.aggregator must be mean")
+        return self
 
 
 # Sections that every participant of a run must agree on; their digest is recorded in
 # every checkpoint. Local choices (batch size, device, paths, learning rates) may differ.
-CONTRACT_KEYS = ("seed", "model", "task", "mask", "federation")
+# ``privacy`` enters the digest only when on, so that runs without it keep their digest.
+CONTRACT_KEYS = ("seed", "model", "task", "mask", "federation", "privacy")
 
 
 def config_digest(cfg: Config) -> str:
     """SHA-256 over the run's contract: the sections all clients and the server must share."""
     dumped = cfg.model_dump(mode="json")
     contract = {key: dumped[key] for key in CONTRACT_KEYS}
+    if cfg.privacy.mode == "none":
+        del contract["privacy"]
     contract["mask"] = {k: v for k, v in contract["mask"].items() if k not in ("eval", "encoding")}
     contract["labels"] = {k: dumped["data"][k] for k in ("text_fields", "label_field", "label_names", "regression")}
     blob = json.dumps(contract, sort_keys=True, separators=(",", ":")).encode()

@@ -1,4 +1,4 @@
-"""Where a run's files live: ``<run_dir>/round_RRR/{global.safetensors, clients/, metrics.json}``."""
+"""Where a run's files live: ``<run_dir>/round_RRR/{global.safetensors, participants.json, clients/, metrics.json}``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class Layout:
 
     def client_path(self, rnd: int, client: int) -> str:
         return storage.join(self.clients_dir(rnd), f"client_{client:03d}.safetensors")
+
+    def participants_path(self, rnd: int) -> str:
+        return storage.join(self.round_dir(rnd), "participants.json")
 
     def metrics_path(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "metrics.json")

@@ -8,7 +8,7 @@ from typing import Any
 from . import checkpoint, storage
 from .errors import SupermaskError
 from .layout import Layout
-from .workflows import round_rows
+from .steps.runlog import round_rows
 
 MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
 
@@ -43,6 +43,8 @@ def load_history(run_dir: str) -> RunHistory:
 def table_rows(history: RunHistory) -> list[dict[str, Any]]:
     keys = ["round", history.metric, "loss", "density", "upload_bytes", "bits_per_weight", "download_bytes",
             "download_bits_per_weight"]
+    if any("epsilon" in row for row in history.rows):
+        keys.append("epsilon")
     return [{k: row.get(k) for k in keys} for row in history.rows]
 
 
@@ -56,6 +58,7 @@ def plot(histories: list[RunHistory], path: str) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     (ax_metric, ax_loss), (ax_upload, ax_density) = axes
+    ax_eps = None
     for h in histories:
         rounds = [r["round"] for r in h.rows]
         label = h.run_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -64,6 +67,11 @@ def plot(histories: list[RunHistory], path: str) -> None:
         up = [(r["round"], r["bits_per_weight"]) for r in h.rows if r.get("bits_per_weight") is not None]
         if up:
             ax_upload.plot([u[0] for u in up], [u[1] for u in up], marker="o", label=label)
+        eps = [(r["round"], r["epsilon"]) for r in h.rows if r.get("epsilon") is not None]
+        if eps:  # privacy spent, cumulative, on the metric's plot (right axis)
+            ax_eps = ax_eps or ax_metric.twinx()
+            ax_eps.plot([e[0] for e in eps], [e[1] for e in eps], linestyle="--", marker="x", label=f"{label} ε")
+            ax_eps.set_ylabel("ε (cumulative, dashed)")
         names = list(h.final_densities)
         ax_density.plot(range(len(names)), [h.final_densities[n] for n in names], marker=".", label=label)
     metric = histories[0].metric

@@ -94,8 +94,8 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
 
     Local files: temporary file in the same directory (named after host and pid, so that the
     next write there removes what a killed writer left), fsync, rename, fsync of the directory.
-    Object stores: a single PUT, which those stores make atomic. An existing file is kept
-    unless ``force``."""
+    Object stores: a single PUT, which those stores make atomic, conditional on the object not
+    existing where the store offers that (S3). An existing file is kept unless ``force``."""
     fs, p = filesystem(path)
     if not force and fs.exists(p):
         raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
@@ -136,7 +136,30 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
         parent = p.rsplit("/", 1)[0] if "/" in p else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(p, data)
+        _put(fs, p, data, path, create=not force)
+
+
+S3_SINGLE_PUT_LIMIT = 5 * 1024**3
+
+
+def _put(fs: fsspec.AbstractFileSystem, p: str, data: bytes, path: str, *, create: bool) -> None:
+    """One PUT of the whole object. ``create``: a conditional write (S3's ``If-None-Match: *``
+    through s3fs ``mode="create"``) that the store refuses if the object appeared since the
+    check above; stores without conditional writes fall back to fsspec's check-then-put, which
+    leaves a window between the check and the PUT in which two writers can both succeed."""
+    kwargs: dict = {}
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "s3" in protocols:  # one PUT, never a multipart upload (which the condition would not cover)
+        if len(data) > S3_SINGLE_PUT_LIMIT:
+            raise SupermaskError(f"'{path}' is {len(data)} bytes, over S3's single-PUT limit")
+        kwargs["chunksize"] = max(len(data), 1)
+    try:
+        if create:
+            fs.pipe_file(p, data, mode="create", **kwargs)
+        else:
+            fs.pipe_file(p, data, **kwargs)
+    except FileExistsError:
+        raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it") from None
 
 
 def write_text_atomic(path: str, text: str, *, force: bool = False) -> None:

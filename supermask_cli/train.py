@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from .data import Examples
+from .errors import SupermaskError
 from .mask.layer import MaskedLinear
+from .privacy.dpsgd import ExamplePrivacy, PrivateStep
 from .progress import step_progress
 
 # Learning rate of scores / scaling vectors per mask kind when ``train.lr`` is null. Adam moves a
@@ -81,6 +83,11 @@ def batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator)
     return batches[:steps]
 
 
+def planned_steps(n: int, batch_size: int, max_steps: int | None, epochs: int) -> int:
+    """Steps of one client's round: ``max_steps``, else ``epochs`` passes of ``n`` examples."""
+    return max_steps or epochs * math.ceil(n / batch_size)
+
+
 def linear_schedule(total: int, warmup: int, decay: bool = True):
     """LR factor per step: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``
     (or, with ``decay=False``, constant)."""
@@ -141,10 +148,12 @@ def train_masks(
     device: torch.device,
     precision: str,
     description: str,
+    privacy: ExamplePrivacy | None = None,
 ) -> TrainResult:
-    """Train mask scores (Adam) and the head (AdamW): linear warmup, then linear decay or constant."""
+    """Train mask scores (Adam) and the head (AdamW): linear warmup, then linear decay or constant.
+    With ``privacy``, each step's gradient is the DP-SGD one (``privacy.dpsgd``)."""
     n = len(examples)
-    steps = settings.max_steps or settings.epochs * math.ceil(n / settings.batch_size)
+    steps = planned_steps(n, settings.batch_size, settings.max_steps, settings.epochs)
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # bernoulli samples and dropout
     mask_params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
@@ -156,16 +165,28 @@ def train_masks(
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
     amp = autocast_dtype(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if privacy is not None and amp == torch.float16:
+        raise SupermaskError("privacy.mode example: train.precision fp16 (loss scaling) is not supported; use fp32 or bf16")
+    dp = PrivateStep(model, mask_params + head_params, privacy, n, device) if privacy is not None else None
+    if dp is not None and dp.privacy.poisson:
+        batches = dp.poisson_batches(steps)
+    else:
+        batches = batch_order(n, settings.batch_size, steps, generator)
     model.train()
     if not settings.dropout:
         disable_dropout(model)
     losses: list[float] = []
     with step_progress(description, steps) as bar:
-        for indices in batch_order(n, settings.batch_size, steps, generator):
-            batch = encode_batch(tokenizer, examples, indices, settings.max_length, device)
-            with autocast(device, amp):
-                loss = model(**batch).loss
-            scaler.scale(loss).backward()
+        for indices in batches:
+            loss = None
+            if len(indices):  # a Poisson batch may be empty: its gradient is noise alone
+                batch = encode_batch(tokenizer, examples, indices, settings.max_length, device)
+                with autocast(device, amp):
+                    loss = model(**batch).loss
+            if dp is not None:
+                dp.backward(loss, len(indices))
+            else:
+                scaler.scale(loss).backward()
             if settings.max_grad_norm is not None:
                 for opt, group in zip(optimizers, (mask_params, head_params)):
                     scaler.unscale_(opt)
@@ -175,16 +196,21 @@ def train_masks(
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             scaler.update()
+            if loss is None:
+                bar.advance(0)
+                continue
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"training loss became {value}; lower train.lr or train.head_lr")
             losses.append(value)
             bar.advance(len(indices), value)
     model.eval()
+    if dp is not None:
+        dp.close()
     return TrainResult(
         steps=steps,
         examples=bar.examples,
-        mean_loss=float(np.mean(losses)),
-        final_loss=losses[-1],
+        mean_loss=float(np.mean(losses)) if losses else math.nan,
+        final_loss=losses[-1] if losses else math.nan,
         seconds=bar.elapsed,
     )

@@ -151,8 +151,12 @@ class Download:
         return len(self.data) * 8 / max(self.num_weights, 1)
 
 
-def download(layout: Layout, rnd: int) -> Download:
-    """Round ``rnd``'s download for a client holding round ``rnd - 1``'s global, from run-dir files."""
+def download(cfg: Config, layout: Layout, rnd: int) -> Download:
+    """Round ``rnd``'s download for a client holding round ``rnd - 1``'s global, from run-dir files.
+
+    The delta is offered only after rebuilding the global from it here, exactly as a client
+    would: a global that is not a deterministic function of its parent and the uploads (noise
+    added by the server, a rule this module does not replay) travels as the full file."""
     full = storage.read_bytes(layout.global_path(rnd), checkpoint.MAX_FILE_BYTES, what="checkpoint")
     header, _ = checkpoint.parse_header(full, layout.global_path(rnd))
     meta = checkpoint.parse_meta(header, layout.global_path(rnd))
@@ -171,10 +175,15 @@ def download(layout: Layout, rnd: int) -> Download:
         return result  # an upload was replaced or removed since aggregation: only the full file is exact
     if len(delta) >= len(full):
         return result
+    previous = checkpoint.load_checkpoint(layout.global_path(rnd - 1))
+    try:
+        apply_delta(cfg, previous, delta, path=layout.global_path(rnd))
+    except CheckpointError:
+        return result
     return Download(round=rnd, data=delta, is_delta=True, full_bytes=len(full), num_weights=meta.num_weights)
 
 
-def download_metrics(layout: Layout, rnd: int) -> dict[str, float | int]:
+def download_metrics(cfg: Config, layout: Layout, rnd: int) -> dict[str, float | int]:
     """``download_bytes`` and ``download_bits_per_weight`` of round ``rnd`` for ``metrics.json``."""
-    d = download(layout, rnd)
+    d = download(cfg, layout, rnd)
     return {"download_bytes": len(d.data), "download_bits_per_weight": d.bits_per_weight}

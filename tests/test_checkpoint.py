@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from supermask_cli import checkpoint, coding, workflows
+from supermask_cli import checkpoint, coding
+from supermask_cli import steps
+from supermask_cli.steps.training import preferred_encoding
 from supermask_cli.checkpoint import FileMeta, load_checkpoint, loads, save_checkpoint, serialize
 from supermask_cli.config import load_config
 from supermask_cli.errors import CheckpointError, SupermaskError
@@ -28,7 +30,7 @@ def globals_by_kind(tmp_path_factory, tiny_model, tiny_data):
     for kind in KINDS:
         path = root / f"{kind}.yaml"
         path.write_text(yaml.safe_dump(tiny_config_dict(root / f"run_{kind}", tiny_model, tiny_data, kind)))
-        result, cfg = workflows.init(load_config(path))
+        result, cfg = steps.init(load_config(path))
         out[kind] = (result, load_checkpoint(result.path), cfg)
     return out
 
@@ -216,7 +218,7 @@ def test_sparse_client_with_flip_rate_refused(globals_by_kind):
     ({"sparse": 5}, "sparse"),
 ])
 def test_auto_encoding_policy(bits, chosen):
-    assert workflows._preferred(bits) == chosen
+    assert preferred_encoding(bits) == chosen
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
-from supermask_cli import checkpoint, workflows
+from supermask_cli import checkpoint
+from supermask_cli import steps
 from supermask_cli.aggregate import aggregate_stacked
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
@@ -143,8 +144,8 @@ def test_flow_export_matches_baked_global(flow):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     gl = checkpoint.load_checkpoint(str(flow["run_dir"] / "round_001" / "global.safetensors"))
-    cfg = workflows.resolved(load_config(flow["cfg_path"]), gl.meta.labels)
-    baked = bake_global(workflows.load_base(cfg, gl.meta.labels), gl)
+    cfg = steps.resolved(load_config(flow["cfg_path"]), gl.meta.labels)
+    baked = bake_global(steps.load_base(cfg, gl.meta.labels), gl)
     exported = AutoModelForSequenceClassification.from_pretrained(flow["export_dir"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(flow["export_dir"])
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")

@@ -22,7 +22,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
-from supermask_cli import checkpoint, storage, workflows
+from supermask_cli import checkpoint, storage
+from supermask_cli import steps
 from supermask_cli.cli import app
 from supermask_cli.layout import Layout
 
@@ -47,7 +48,7 @@ class Run:
             result = runner.invoke(app, [*args, "-c", str(self.config)])
             assert result.exit_code == 0, result.output
         self.layout = Layout(str(root / "run"))
-        self.gl = workflows.load_global(self.layout.global_path(0))
+        self.gl = steps.load_global(self.layout.global_path(0))
 
     def start(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -160,7 +161,8 @@ def aggregate_campaign(run: Run) -> None:
     reference, runtime = reference_and_crash(run, args, final)
     assert run.layout.rounds() == [0], "a round with only a temp file is not a round"
 
-    assert kill_trials(run, args, final, reference, runtime, seed=2) >= 1
+    # participants.json of round 1 is written (atomically) after the global by a completed trial
+    assert kill_trials(run, args, final, reference, runtime, seed=2, others={"participants.json"}) >= 1
 
     run.complete(*args)
     assert Path(final).read_bytes() == reference

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import NEGATIVE, POSITIVE, WORDS
-from supermask_cli import workflows
+from supermask_cli import steps
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
 from supermask_cli.evaluate import predict
@@ -133,18 +133,18 @@ def test_three_class_custom_run_and_report(tiny_config, headless_model, sentimen
     assert recorded["data"]["label_names"] == LABELS
     assert recorded["data"]["text_fields"] == ["text"] and recorded["data"]["label_field"] == "sentiment"
     assert recorded["task"] is None
-    gl = workflows.load_global(str(run_dir / "round_001" / "global.safetensors"))
+    gl = steps.load_global(str(run_dir / "round_001" / "global.safetensors"))
     assert gl.tensors["head/classifier.weight"].shape == (3, 32)  # three outputs
     assert gl.meta.num_examples == 48
 
     # string labels map to ids by the sorted names
-    examples = workflows.eval_examples(cfg, LABELS)
+    examples = steps.eval_examples(cfg, LABELS)
     frame = pd.read_csv(dev) if ext == "csv" else pd.read_json(dev, lines=True)
     assert examples.labels.tolist() == [LABELS.index(s) for s in frame["sentiment"]]
     assert examples.texts[0] == frame["text"].tolist()  # quotes and commas survive
 
     # metrics: accuracy and a 3-class F1 (macro), never binary F1 (class 1 = "neutral" only)
-    assert workflows.metric_names(workflows.resolved(cfg, LABELS)) == ["accuracy", "f1_macro"]
+    assert steps.metric_names(steps.resolved(cfg, LABELS)) == ["accuracy", "f1_macro"]
     for rnd in (0, 1):
         metrics = json.loads((run_dir / f"round_{rnd:03d}" / "metrics.json").read_text())
         assert metrics["num_examples"] == 24
@@ -156,7 +156,7 @@ def test_three_class_custom_run_and_report(tiny_config, headless_model, sentimen
     assert [row["round"] for row in log] == [0, 1]
 
     # the recorded macro F1 is the real one for the round-1 model's predictions
-    base = workflows.load_base(workflows.resolved(cfg, LABELS), LABELS)
+    base = steps.load_base(steps.resolved(cfg, LABELS), LABELS)
     model = bake_global(base, gl)
     logits, loss = predict(model, base.tokenizer, examples, batch_size=16, max_length=16,
                            device=torch.device("cpu"), precision="fp32")
@@ -191,7 +191,7 @@ def test_binary_custom_eval_command_reports_binary_f1(tiny_config, headless_mode
         headless_model,
     )
     cfg = load_config(config)
-    assert workflows.metric_names(workflows.resolved(cfg, ["neg", "pos"])) == ["accuracy", "f1"]  # what run uses
+    assert steps.metric_names(steps.resolved(cfg, ["neg", "pos"])) == ["accuracy", "f1"]  # what run uses
     invoke("init", "-c", config)
     invoke("eval", "-c", config)
     metrics = json.loads((Path(cfg.run_dir) / "round_000" / "metrics.json").read_text())
@@ -207,7 +207,7 @@ def test_three_class_data_on_a_two_class_checkpoint(tiny_config, tiny_model, sen
     )
     result = CliRunner().invoke(app, ["init", "-c", str(config)])
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.output} {result.exception!r}"
-    gl = workflows.load_global(str(Path(load_config(config).run_dir) / "round_000" / "global.safetensors"))
+    gl = steps.load_global(str(Path(load_config(config).run_dir) / "round_000" / "global.safetensors"))
     assert gl.tensors["head/classifier.weight"].shape == (3, 32)
 
 
@@ -283,7 +283,7 @@ def test_custom_regression(tiny_config, headless_model, tmp_path):
     invoke("eval", "-c", config)
     info = inspect_json(run_dir / "round_001" / "global.safetensors")
     assert info["labels"] is None and info["num_examples"] == 40
-    gl = workflows.load_global(str(run_dir / "round_001" / "global.safetensors"))
+    gl = steps.load_global(str(run_dir / "round_001" / "global.safetensors"))
     assert gl.tensors["head/classifier.weight"].shape == (1, 32)
     metrics = json.loads((run_dir / "round_001" / "metrics.json").read_text())
     assert "accuracy" not in metrics and "f1" not in metrics and "f1_macro" not in metrics

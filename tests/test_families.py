@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import WORDS
-from supermask_cli import checkpoint, workflows
+from supermask_cli import checkpoint
+from supermask_cli import steps
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
 from supermask_cli.mask.layer import MaskedLinear, is_conv1d
@@ -182,13 +183,13 @@ def test_gpt2_gets_a_pad_token_and_padded_batches_match_single_examples(family_m
 def test_round0_masked_model_reproduces_base_logits(family_models, tiny_config, family, kind):
     cfg = load_config(tiny_config(kind, model={"name": str(family_models[family]), "max_length": 16},
                                   federation={"num_clients": 2, "rounds": 1}))
-    result, cfg = workflows.init(cfg)
-    gl = workflows.load_global(result.path)
+    result, cfg = steps.init(cfg)
+    gl = steps.load_global(result.path)
     assert gl.meta.kind == kind and sorted(gl.meta.targets) == sorted(EXPECTED_TARGETS[family])
     plain = load(family_models[family])
     expected = logits_of(plain.model, plain.tokenizer)
 
-    masked = workflows.load_base(cfg, gl.meta.labels)
+    masked = steps.load_base(cfg, gl.meta.labels)
     layers, head_params = trainable_from_global(masked, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
     assert sorted(layers) == sorted(EXPECTED_TARGETS[family])
     assert all(isinstance(masked.model.get_submodule(n), MaskedLinear) for n in layers)
@@ -218,7 +219,7 @@ def test_cli_flow_and_export(family_models, tiny_config, tmp_path, family, kind)
     assert metrics["round"] == 1 and metrics["num_examples"] == 32 and metrics["clients"] == 2
     assert metrics["kind"] == kind and 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])
 
-    gl = workflows.load_global(str(g1))
+    gl = steps.load_global(str(g1))
     assert sorted(gl.meta.targets) == sorted(EXPECTED_TARGETS[family])
     assert {k.split(".")[0] for k in gl.group("head")} == set(EXPECTED_HEADS[family])
     assert sum(c.num_examples for c in gl.meta.aggregation.clients) == 96
@@ -239,7 +240,7 @@ def test_cli_flow_and_export(family_models, tiny_config, tmp_path, family, kind)
     assert exported_tok.pad_token is not None  # GPT-2's borrowed pad token travels with the export
     assert exported.config.id2label == {0: "negative", 1: "positive"}
 
-    baked = bake_global(workflows.load_base(workflows.resolved(cfg, gl.meta.labels), gl.meta.labels), gl)
+    baked = bake_global(steps.load_base(steps.resolved(cfg, gl.meta.labels), gl.meta.labels), gl)
     expected = logits_of(baked, exported_tok)
     got = logits_of(exported, exported_tok)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

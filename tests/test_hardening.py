@@ -21,7 +21,8 @@ from safetensors.torch import load as st_load
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
-from supermask_cli import checkpoint, workflows
+from supermask_cli import checkpoint
+from supermask_cli import steps
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
 from supermask_cli.errors import CheckpointError, SupermaskError
@@ -112,8 +113,8 @@ class Run:
             assert result.exit_code == 0, (args, result.output)
         self.layout = Layout(str(root / "run"))
         self.global_path = self.layout.global_path(0)
-        self.gl = workflows.load_global(self.global_path)
-        self.cfg = workflows.resolved(load_config(self.config, []), self.gl.meta.labels)
+        self.gl = steps.load_global(self.global_path)
+        self.cfg = steps.resolved(load_config(self.config, []), self.gl.meta.labels)
         self.client0 = self.layout.client_path(0, 0)
         self.client1 = self.layout.client_path(0, 1)
         self.coded = Path(self.client0).read_bytes()
@@ -139,7 +140,7 @@ def test_fixture_uploads_are_valid(run):
     assert checkpoint.loads(run.packed, "p", reference=run.gl).meta.encoding == "packed"
     assert checkpoint.loads(run.sparse, "s", reference=run.gl).meta.encoding == "sparse"
     for path in (run.client0, run.client1):
-        workflows.check_client(checkpoint.load_checkpoint(path, reference=run.gl).meta, path, run.gl, run.cfg)
+        steps.check_client(checkpoint.load_checkpoint(path, reference=run.gl).meta, path, run.gl, run.cfg)
 
 
 # ------------------------------------------------------------------------------------------- corpus
@@ -278,7 +279,7 @@ def _torch_save(run: Run) -> bytes:
 def _validate(run: Run, path: str) -> None:
     """What the server does with an upload: load and decode it, then check it against the round."""
     ckpt = checkpoint.load_checkpoint(path, reference=run.gl)
-    workflows.check_client(ckpt.meta, path, run.gl, run.cfg)
+    steps.check_client(ckpt.meta, path, run.gl, run.cfg)
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -315,7 +316,7 @@ def test_bad_file_refused_by_cli_aggregate(run, name):
 def test_duplicated_client_id_refused(run):
     dup = run.write_bad("duplicate", run.coded)  # same bytes, so the same client id 0
     with pytest.raises(CheckpointError, match="client 0 already uploaded"):
-        workflows.aggregate(run.cfg, client_paths=[run.client0, dup], out=str(run.root / "never.safetensors"))
+        steps.aggregate(run.cfg, client_paths=[run.client0, dup], out=str(run.root / "never.safetensors"))
     result = invoke("aggregate", "-c", run.config, "--clients", run.client0, "--clients", dup)
     _assert_cli_refused(run, result, dup, f"client 0 already uploaded {run.client0}")
     assert not (run.root / "never.safetensors").exists()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import seeded_base
-from supermask_cli import workflows
+from supermask_cli import steps
 from supermask_cli.checkpoint import load_checkpoint
 from supermask_cli.config import load_config
 from supermask_cli.errors import SupermaskError
@@ -298,7 +298,7 @@ def _batch(base):
 
 @pytest.fixture(scope="module")
 def tiny_globals(tmp_path_factory, tiny_model, tiny_data):
-    """kind -> (config, global checkpoint) made by workflows.init on the tiny config."""
+    """kind -> (config, global checkpoint) made by steps.init on the tiny config."""
     from conftest import tiny_config_dict
     import yaml
 
@@ -307,7 +307,7 @@ def tiny_globals(tmp_path_factory, tiny_model, tiny_data):
     for kind in ("threshold", "scaling", "bernoulli"):
         path = root / f"{kind}.yaml"
         path.write_text(yaml.safe_dump(tiny_config_dict(root / f"run_{kind}", tiny_model, tiny_data, kind)))
-        result, cfg = workflows.init(load_config(path))
+        result, cfg = steps.init(load_config(path))
         out[kind] = (cfg, load_checkpoint(result.path))
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "federated_rounds.sh"
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=os.environ.copy(), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1200)
 
 
 def test_two_rounds_with_parallel_clients_then_rerun_is_a_no_op(tiny_config, tmp_path):
@@ -46,3 +47,50 @@ def test_missing_config_argument_exits_2(tmp_path):
     result = run_script("--jobs", "2", cwd=tmp_path)
     assert result.returncode == 2
     assert "--config is required" in result.stderr
+
+
+def test_gpus_sampled_clients_and_a_url_run_dir(tiny_config, tmp_path):
+    # Prepare: 3 of 5 clients per round, a file:// run dir, and a `supermask` on PATH that logs
+    # each command with its CUDA_VISIBLE_DEVICES before and after running the real one
+    from supermask_cli.sampling import participants
+
+    run_dir = tmp_path / "url_run"
+    config = tiny_config("threshold", run_dir=f"file://{run_dir}",
+                         federation={"num_clients": 5, "clients_per_round": 3, "rounds": 1})
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "supermask"
+    wrapper.write_text(f'#!/bin/bash\necho "start ${{CUDA_VISIBLE_DEVICES-none}} $*" >> {log}\n'
+                       f'{sys.executable} -m supermask_cli "$@"; rc=$?\n'
+                       f'echo "end ${{CUDA_VISIBLE_DEVICES-none}} $*" >> {log}\nexit $rc\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), env.get("PYTHONPATH")]))
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), "--config", str(config), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=1200)
+
+    # Execute
+    result = script("--gpus", "3,5")
+
+    # Assert: only the round's participants trained, on GPUs 3, 5, 3 in turn, one client per GPU at a time
+    assert result.returncode == 0, result.stderr
+    sampled = participants(5, 3, 0, 0)
+    assert sorted(p.name for p in (run_dir / "round_000" / "clients").iterdir()) == [
+        f"client_{c:03d}.safetensors" for c in sampled]
+    assert (run_dir / "round_001" / "metrics.json").is_file()
+    calls = [line.split() for line in log.read_text().splitlines()]
+    starts = {c[c.index("--client") + 1]: c[1] for c in calls if c[0] == "start" and c[2] == "train-client"}
+    assert starts == {str(sampled[0]): "3", str(sampled[1]): "5", str(sampled[2]): "3"}
+    for gpu in ("3", "5"):
+        events = [c[0] for c in calls if c[2] == "train-client" and c[1] == gpu]
+        assert events == ["start", "end"] * (len(events) // 2), events
+    assert {c[1] for c in calls if c[2] != "train-client"} == {"none"}
+
+    # Execute: a re-run of the finished run only asks for progress
+    log.unlink()
+    again = script("--gpus", "3,5")
+    assert again.returncode == 0, again.stderr
+    assert {line.split()[2] for line in log.read_text().splitlines()} == {"progress"}

@@ -48,7 +48,8 @@ def test_disable_dropout_makes_the_training_forward_deterministic(tiny_model):
 @pytest.mark.parametrize(("kind", "setting", "expected"), [("bernoulli", None, False), ("threshold", None, True),
                                                              ("bernoulli", True, True)])
 def test_train_client_passes_the_dropout_choice(tiny_config, monkeypatch, kind, setting, expected):
-    from supermask_cli import workflows
+    from supermask_cli import steps
+    from supermask_cli.steps import training
     from supermask_cli.config import load_config
 
     seen = []
@@ -58,8 +59,8 @@ def test_train_client_passes_the_dropout_choice(tiny_config, monkeypatch, kind, 
         raise RuntimeError("stop after settings")
 
     cfg = load_config(str(tiny_config(kind, train={"dropout": setting})))
-    _, cfg = workflows.init(cfg)
-    monkeypatch.setattr(workflows, "train_masks", stop)
+    _, cfg = steps.init(cfg)
+    monkeypatch.setattr(training, "train_masks", stop)
     with pytest.raises(RuntimeError, match="stop after settings"):
-        workflows.train_client(cfg, 0)
+        steps.train_client(cfg, 0)
     assert seen == [expected]

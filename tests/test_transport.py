@@ -46,9 +46,9 @@ def test_delta_rebuilds_the_next_global_byte_for_byte(tiny_config, kind, federat
 
 def test_masks_travel_as_a_delta_far_below_the_full_file_and_scaling_falls_back(tiny_config):
     cfg, layout = _run(tiny_config, "bernoulli", {})
-    d = transport.download(layout, 1)
+    d = transport.download(cfg, layout, 1)
     assert d.is_delta and len(d.data) < d.full_bytes / 4
-    assert transport.download(layout, 0).is_delta is False  # no previous global: the full file
+    assert transport.download(cfg, layout, 0).is_delta is False  # no previous global: the full file
     metrics = json.loads(open(layout.metrics_path(1)).read())
     assert metrics["download_bytes"] == len(d.data)
     assert metrics["download_bits_per_weight"] == pytest.approx(len(d.data) * 8 / d.num_weights)
@@ -62,7 +62,7 @@ def test_masks_travel_as_a_delta_far_below_the_full_file_and_scaling_falls_back(
 
 def test_scaling_uploads_are_as_large_as_the_global_so_the_full_file_is_fetched(tiny_config):
     _, layout = _run(tiny_config, "scaling", {})
-    d = transport.download(layout, 1)
+    d = transport.download(cfg, layout, 1)
     assert not d.is_delta and len(d.data) == d.full_bytes
 
 
@@ -85,7 +85,7 @@ def test_a_missing_upload_means_no_delta(tiny_config):
     with pytest.raises(CheckpointError, match="not among the given files"):
         transport.encode_delta(new, clients[1:])
     os.remove(layout.client_files(0)[0])
-    assert transport.download(layout, 1).is_delta is False
+    assert transport.download(cfg, layout, 1).is_delta is False
 
 
 def test_receive_rebuilds_from_the_held_global_or_asks_for_the_full_file(tiny_config, tmp_path):

@@ -201,7 +201,7 @@ def train_round(
     full = storage.read_bytes(layout.global_path(rnd), checkpoint.MAX_FILE_BYTES, what="checkpoint")
     digest = checkpoint.file_digest(full)
     parent = checkpoint.read_meta(layout.global_path(rnd)).parent_digest
-    fetch = transport.download(layout, rnd) if rnd > 0 else None
+    fetch = transport.download(cfg, layout, rnd) if rnd > 0 else None
     failures = {c: f"no SuperNode with client-id={c} connected" for c in clients if c not in nodes}
     text = dump_config(cfg)
     traffic = Traffic()

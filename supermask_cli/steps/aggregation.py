@@ -1,0 +1,214 @@
+"""``aggregate``: validate a round's uploads and reduce them into the next round's global."""
+
+from __future__ import annotations
+
+import time
+import torch
+
+from .. import __version__, checkpoint, storage
+from ..aggregate import STREAMING_RULES, RunningMean, capped_weights, finalize, outliers, reduce_stacked, server_step, surprise
+from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
+from ..config import Config
+from ..errors import CheckpointError, SupermaskError
+from ..layout import CLIENT_FILE, Layout
+from ..privacy import client_level, ledger
+from .checks import check_client, open_round, refuse_existing
+from .participants import sampled, write_participants
+from .runlog import AggregateResult, aggregate_result, write_metrics_log
+
+WAIT_POLL_SECONDS = 2.0
+
+
+def _present(layout: Layout, rnd: int) -> dict[int, str]:
+    """Client id -> upload path for the files in round ``rnd``'s clients folder."""
+    out = {}
+    for path in layout.client_files(rnd):
+        match = CLIENT_FILE.match(path.rsplit("/", 1)[-1])
+        if match:
+            out[int(match.group(1))] = path
+    return out
+
+
+def wait_for_clients(layout: Layout, rnd: int, expected: list[int], seconds: float) -> dict[int, str]:
+    """Poll the round's clients folder until every expected client's file is there or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        present = _present(layout, rnd)
+        if set(expected) <= set(present) or time.monotonic() >= deadline:
+            return present
+        time.sleep(min(WAIT_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+
+
+def _client_paths(layout: Layout, rnd: int, explicit: list[str] | None, expected: list[int], wait: float | None) -> list[str]:
+    if explicit:
+        return explicit
+    present = wait_for_clients(layout, rnd, expected, wait) if wait else _present(layout, rnd)
+    if not present:
+        raise SupermaskError(
+            f"no client files for round {rnd} under '{layout.clients_dir(rnd)}'; run `supermask train-client` first"
+        )
+    return [present[c] for c in sorted(present)]
+
+
+def _screen(paths: list[str], gl: Checkpoint, cfg: Config, expected: list[int], dropped: list[DroppedRecord],
+            skip_invalid: bool) -> list[tuple[str, FileMeta]]:
+    """Metadata checks of every upload (one file per client, sampled clients only)."""
+    metas: list[tuple[str, FileMeta]] = []
+    seen: dict[int, str] = {}
+    for p in paths:
+        try:
+            meta = checkpoint.read_meta(p)
+            check_client(meta, p, gl, cfg)
+            if meta.client in seen:
+                raise CheckpointError(f"{p}: client {meta.client} already uploaded {seen[meta.client]}")
+            if meta.client not in expected:
+                raise CheckpointError(
+                    f"{p}: client {meta.client} was not sampled for round {gl.meta.round} (participants: {expected})"
+                )
+        except CheckpointError as exc:
+            if not skip_invalid:
+                raise
+            dropped.append(DroppedRecord(file=p, reason=str(exc)))
+            continue
+        assert meta.client is not None
+        seen[meta.client] = p
+        metas.append((p, meta))
+    return metas
+
+
+def _drop_outliers(
+    metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, dropped: list[DroppedRecord], skip_invalid: bool
+) -> list[tuple[str, FileMeta]]:
+    """The ``filtered`` rule's first pass: score every upload against the global, drop outliers."""
+    scored: list[tuple[str, FileMeta, float]] = []
+    for p, meta in metas:
+        try:
+            ckpt = checkpoint.load_checkpoint(p, reference=gl)
+        except CheckpointError as exc:
+            if not skip_invalid:
+                raise
+            dropped.append(DroppedRecord(file=p, reason=str(exc)))
+            continue
+        scored.append((p, meta, surprise(gl.meta.kind, ckpt.tensors, gl.tensors)))
+    if not scored:
+        return []
+    scores = torch.tensor([s for _, _, s in scored])
+    flags = outliers(scores, cfg.federation.filter_k).tolist()
+    median = float(scores.median())
+    for (p, _, score), flag in zip(scored, flags):
+        if flag:
+            dropped.append(DroppedRecord(file=p, reason=f"{p}: outlier upload (surprise {score:.4g}, median {median:.4g})"))
+    return [(p, m) for (p, m, _), flag in zip(scored, flags) if not flag]
+
+
+def client_weights(metas: list[tuple[str, FileMeta]], rule: str, cfg: Config) -> list[float]:
+    """Each accepted client's weight in the mean (example counts, capped under ``capped``)."""
+    weights = torch.tensor([float(m.num_examples) for _, m in metas], dtype=torch.float64)
+    if rule == "capped" and len(metas):
+        weights = capped_weights(weights, cfg.federation.max_client_share)
+    return weights.tolist()
+
+
+def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule: str,
+            dropped: list[DroppedRecord], skip_invalid: bool) -> tuple[dict[str, torch.Tensor], list[ClientRecord]]:
+    """Decode and reduce the uploads. Weights depend on who is accepted, so a file dropped while
+    decoding restarts the pass with the weights of the clients that remain."""
+    while True:
+        records: list[ClientRecord] = []
+        accepted: list[tuple[dict[str, torch.Tensor], float]] = []
+        running = RunningMean()
+        failed: str | None = None
+        for (p, meta), weight in zip(metas, client_weights(metas, rule, cfg)):
+            try:
+                ckpt = checkpoint.load_checkpoint(p, reference=gl)
+                check_client(ckpt.meta, p, gl, cfg)
+            except CheckpointError as exc:
+                if not skip_invalid:
+                    raise
+                dropped.append(DroppedRecord(file=p, reason=str(exc)))
+                failed = p
+                break
+            records.append(ClientRecord(client=meta.client or 0, num_examples=meta.num_examples, digest=ckpt.digest,
+                                        bytes=ckpt.size, mask_bits=ckpt.meta.mask_bits))
+            if rule in STREAMING_RULES and cfg.privacy.mode != "client":
+                running.add(ckpt.tensors, weight)
+            else:
+                accepted.append((ckpt.tensors, weight))
+            del ckpt
+        if failed is None:
+            break
+        metas = [(p, m) for p, m in metas if p != failed]
+    if not records:
+        return {}, records
+    if cfg.privacy.mode == "client":  # bounded contributions plus noise (privacy.client_level)
+        return client_level.aggregate(cfg, gl.meta.kind, gl.tensors, [t for t, _ in accepted]), records
+    if rule in STREAMING_RULES:
+        return running.result(), records
+    return reduce_stacked([t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio), records
+
+
+def _require_min_clients(valid: int, rnd: int, cfg: Config, dropped: list[DroppedRecord], missing: list[int]) -> None:
+    if valid >= cfg.federation.min_clients:
+        return
+    detail = f"; missing clients: {missing}" if missing else ""
+    detail += f"; first dropped: {dropped[0].reason}" if dropped else ""
+    raise SupermaskError(
+        f"round {rnd}: only {valid} valid client file(s), federation.min_clients is {cfg.federation.min_clients}{detail}"
+    )
+
+
+def aggregate(
+    cfg: Config,
+    *,
+    rnd: int | None = None,
+    global_path: str | None = None,
+    client_paths: list[str] | None = None,
+    out: str | None = None,
+    force: bool = False,
+    skip_invalid: bool = False,
+    rule: str | None = None,
+    wait: float | None = None,
+) -> AggregateResult:
+    """Validate every upload of a round and aggregate them into the next round's global.
+
+    Only the round's sampled clients (``participants.json``) may upload. ``wait``: first wait up to
+    that many seconds for every sampled client's file; whoever is missing then is recorded in the
+    new global, and fewer than ``federation.min_clients`` valid uploads fail the round.
+    ``mean``, ``capped`` and ``filtered`` stream one client at a time; ``median`` and
+    ``trimmed_mean`` hold every client in memory."""
+    start = time.perf_counter()
+    layout, gl, cfg = open_round(cfg, rnd, global_path)
+    rnd = gl.meta.round
+    rule = rule or cfg.federation.aggregator
+    path = out or layout.global_path(rnd + 1)
+    refuse_existing(path, force)
+    expected = sampled(cfg, rnd)
+    paths = _client_paths(layout, rnd, client_paths, expected, wait)
+
+    dropped: list[DroppedRecord] = []
+    metas = _screen(paths, gl, cfg, expected, dropped, skip_invalid)
+    missing = sorted(set(expected) - {m.client for _, m in metas if m.client is not None})
+    _require_min_clients(len(metas), rnd, cfg, dropped, missing)
+    if rule == "filtered":
+        metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
+    reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
+    _require_min_clients(len(records), rnd, cfg, dropped, missing)
+    tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
+    meta = gl.meta.model_copy(
+        update={
+            "round": rnd + 1,
+            "num_examples": sum(r.num_examples for r in records),
+            "parent_digest": gl.digest,
+            "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped, missing=missing),
+            "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in {r.client for r in records}]),
+            "created_by": f"supermask {__version__}",
+        }
+    )
+    stored = checkpoint.encode_tensors(meta, tensors, None)
+    meta = meta.model_copy(update={"mask_bits": checkpoint.payload_bits(stored)})
+    checkpoint.save_checkpoint(path, meta, stored, force=force)
+    if path == layout.global_path(rnd + 1):  # the next round's participants (every launcher rewrites them if lost)
+        write_participants(layout, cfg, rnd + 1)
+        write_metrics_log(layout)
+    density = Checkpoint(meta=meta, tensors=tensors).density()
+    return aggregate_result(path, meta, density, time.perf_counter() - start)

@@ -1,0 +1,81 @@
+"""The run's metrics log: ``metrics.jsonl`` rows (eval metrics plus the uploads of each round)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .. import checkpoint, storage
+from ..checkpoint import ClientRecord, DroppedRecord, FileMeta
+from ..layout import Layout
+
+
+@dataclass
+class AggregateResult:
+    path: str
+    round: int
+    rule: str
+    clients: list[ClientRecord]
+    dropped: list[DroppedRecord]
+    num_examples: int
+    density: float
+    upload_bytes: int
+    bits_per_weight: float
+    seconds: float
+    missing: list[int] | None = None
+
+
+def aggregate_result(path: str, meta: FileMeta, density: float, seconds: float) -> AggregateResult:
+    """Round statistics from an aggregated global's metadata."""
+    agg = meta.aggregation
+    assert agg is not None
+    return AggregateResult(
+        path=path,
+        round=meta.round - 1,
+        rule=agg.rule,
+        clients=agg.clients,
+        dropped=agg.dropped,
+        num_examples=meta.num_examples,
+        density=density,
+        upload_bytes=sum(c.bytes for c in agg.clients),
+        bits_per_weight=sum(c.mask_bits for c in agg.clients) / max(len(agg.clients), 1) / meta.num_weights,
+        seconds=seconds,
+        missing=list(agg.missing),
+    )
+
+
+def upload_summary(layout: Layout, rnd: int) -> AggregateResult | None:
+    """Round ``rnd``'s upload statistics, read back from round ``rnd + 1``'s global metadata."""
+    path = layout.global_path(rnd + 1)
+    meta = checkpoint.read_meta(path)
+    return aggregate_result(path, meta, float("nan"), 0.0) if meta.aggregation else None
+
+
+def read_metrics(path: str) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(path, 1 << 20, what="metrics"))
+
+
+def round_rows(layout: Layout) -> list[dict[str, Any]]:
+    """Every evaluated round's ``metrics.json`` plus the uploads that trained from that round's
+    global (``upload_bytes``, ``bits_per_weight``, ``upload_clients``), once aggregated."""
+    rows = []
+    rounds = layout.rounds()
+    for rnd in rounds:
+        if not storage.exists(layout.metrics_path(rnd)):
+            continue
+        row = read_metrics(layout.metrics_path(rnd))
+        upload = upload_summary(layout, rnd) if rnd + 1 in rounds else None
+        if upload is not None:
+            row.update(upload_bytes=upload.upload_bytes, bits_per_weight=upload.bits_per_weight,
+                       upload_clients=len(upload.clients))
+        rows.append(row)
+    return rows
+
+
+def write_metrics_log(layout: Layout) -> list[dict[str, Any]]:
+    """Rebuild ``metrics.jsonl`` from :func:`round_rows` (a derived file, rewritten whole)."""
+    rows = round_rows(layout)
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    storage.write_text_atomic(layout.metrics_log, text, force=True)
+    return rows
