@@ -66,7 +66,7 @@ def test_flower_local_gives_the_globals_of_run(flower_env, tiny_config, tmp_path
         assert _sha(run_dir / f"round_{rnd:03d}" / "global.safetensors") == _sha(
             tmp_path / "reference" / f"round_{rnd:03d}" / "global.safetensors"
         )
-    assert json.loads((run_dir / "round_001" / "participants.json").read_text()) == [0, 1, 2]
+    assert steps.read_participants(str(run_dir / "round_001" / "participants.json")) == [0, 1, 2]
     rounds = [json.loads(line) for line in (run_dir / "flower" / "rounds.jsonl").read_text().splitlines()]
     assert [r["delta"] for r in rounds] == [[], [0, 1, 2]]  # round 1's global travels as a delta
     assert all(r["down"]["0"] < rounds[0]["down"]["0"] for r in rounds[1:])

@@ -47,7 +47,7 @@ def test_delta_rebuilds_the_next_global_byte_for_byte(tiny_config, kind, federat
 def test_masks_travel_as_a_delta_far_below_the_full_file_and_scaling_falls_back(tiny_config):
     cfg, layout = _run(tiny_config, "bernoulli", {})
     d = transport.download(cfg, layout, 1)
-    assert d.is_delta and len(d.data) < d.full_bytes / 3  # tiny model: metadata is a good part of it
+    assert d.is_delta and len(d.data) < d.full_bytes / 3  # tiny model: mostly headers and the head
     assert transport.download(cfg, layout, 0).is_delta is False  # no previous global: the full file
     metrics = json.loads(open(layout.metrics_path(1)).read())
     assert metrics["download_bytes"] == len(d.data)

@@ -23,7 +23,6 @@ from .. import checkpoint, steps, storage, transport
 from ..config import Config, dump_config, load_config
 from ..errors import SupermaskError
 from ..layout import Layout
-from ..sampling import participants
 from . import flower_wire as wire
 
 POLL_SECONDS = 0.5
@@ -102,10 +101,7 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
             steps.evaluate(cfg, rnd=rnd)
         if rnd == fed.rounds or storage.exists(layout.global_path(rnd + 1)):
             continue
-        chosen = participants(fed.num_clients, fed.clients_per_round, cfg.seed, rnd)
-        path = storage.join(layout.round_dir(rnd), "participants.json")
-        if not storage.exists(path):
-            storage.write_text_atomic(path, json.dumps(chosen) + "\n")
+        chosen = steps.write_participants(layout, cfg, rnd)
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
         online = set(grid.get_node_ids())
         if any(c not in nodes or nodes[c].node_id not in online for c in pending):
