@@ -134,7 +134,7 @@ def aggregate(
     ] = None,
     out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write the next global.")] = None,
     aggregator: Annotated[
-        Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered (default: config).")
+        Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered | bayes (default: config).")
     ] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid client files instead of failing.")] = False,
     force: ForceOpt = False,

@@ -62,13 +62,24 @@ class FederationConfig(_Section):
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0.0)
     shards_per_client: int = Field(2, ge=1)
-    aggregator: Literal["mean", "median", "trimmed_mean", "capped", "filtered"] = "mean"
+    aggregator: Literal["mean", "median", "trimmed_mean", "capped", "filtered", "bayes"] = "mean"
     trim_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     max_client_share: float = Field(0.25, gt=0.0, le=1.0)
     filter_k: float = Field(3.0, gt=0.0)
     min_clients: int = Field(1, ge=1)
     max_client_examples: int = Field(10_000_000, ge=1)
     server_lr: float = Field(1.0, gt=0.0, le=10.0)
+    server_optimizer: Literal["sgd", "momentum", "adam", "yogi"] = "sgd"
+    server_betas: tuple[float, float] = (0.9, 0.99)  # momentum uses the first
+    server_tau: float = Field(1e-3, gt=0.0)  # adam/yogi: step = lr * m / (sqrt(v) + tau)
+    bayes_prior: float = Field(1.0, ge=1.0)  # aggregator bayes: Beta(prior, prior) at every reset
+    bayes_reset: int = Field(5, ge=1)  # aggregator bayes: restart from the prior every N rounds
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> FederationConfig:
+        if not all(0.0 <= b < 1.0 for b in self.server_betas):
+            raise ValueError("federation.server_betas must both lie in [0, 1)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -101,6 +112,12 @@ class Config(_Section):
     federation: FederationConfig = FederationConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_bayes(self) -> Config:
+        if self.federation.aggregator == "bayes" and self.mask.kind != "bernoulli":
+            raise ValueError("federation.aggregator 'bayes' needs mask.kind 'bernoulli' (a Beta posterior over keep-probabilities)")
+        return self
 
 
 # Sections that every participant of a run must agree on; their digest is recorded in

@@ -15,15 +15,14 @@ from typing import Any
 
 import torch
 
-from . import __version__, checkpoint, coding, data, storage
+from . import __version__, checkpoint, coding, data, server_opt, storage
 from .aggregate import (
     STREAMING_RULES,
     RunningMean,
     capped_weights,
-    finalize,
+    finish,
     outliers,
     reduce_stacked,
-    server_step,
     surprise,
 )
 from .checkpoint import AggregationMeta, BaseModelMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta, TargetMeta
@@ -462,6 +461,7 @@ def train_client(
             "num_examples": len(examples),
             "parent_digest": gl.digest,
             "aggregation": None,
+            "server_state": [],
             "created_by": f"supermask {__version__}",
         }
     )
@@ -593,7 +593,11 @@ def aggregate(
         reduced = reduce_stacked(
             [t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio
         )
-    tensors = finalize(server_step(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr), gl.meta.kind)
+    fed = cfg.federation
+    if rule == "bayes" and gl.meta.kind != "bernoulli":
+        raise SupermaskError(f"--aggregator bayes: needs bernoulli masks, this run's are {gl.meta.kind}")
+    bayes = (len(records), fed.bayes_prior, rnd % fed.bayes_reset == 0) if rule == "bayes" else None
+    tensors = finish(reduced, gl.tensors, gl.meta.kind, server=server_opt.from_config(fed), bayes=bayes)
     total = sum(r.num_examples for r in records)
     meta = gl.meta.model_copy(
         update={
@@ -601,6 +605,7 @@ def aggregate(
             "num_examples": total,
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped),
+            "server_state": checkpoint.state_groups(tensors),
             "created_by": f"supermask {__version__}",
         }
     )
