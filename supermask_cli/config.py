@@ -105,6 +105,8 @@ class Config(_Section):
     run_dir: str = "runs/default"
     seed: int = 0
     tensorboard: bool = False
+    tracking: Literal["none", "mlflow"] = "none"
+    tracking_uri: str | None = None  # mlflow: null = the local file store <run_dir>/mlruns
     model: ModelConfig = ModelConfig()
     task: str | None = None
     data: DataConfig = DataConfig()

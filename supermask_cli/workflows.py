@@ -34,7 +34,7 @@ from .mask.layer import out_features
 from .masked_model import bake_global, trainable_from_global, upload_tensors
 from .model import BaseModel, load_base_model
 from .tasks import TaskSpec, get_task
-from .tracking import TensorBoardLog
+from .tracking import TensorBoardLog, mlflow_for
 from .train import DEFAULT_LR, TrainSettings, resolve_device, train_masks, use_dropout
 
 # ----------------------------------------------------------------------------------- data builders
@@ -789,6 +789,7 @@ def run(
         cfg = resolved(cfg, checkpoint.read_meta(layout.global_path(0)).labels)
     summaries: list[RoundSummary] = []
     board = TensorBoardLog(storage.join(cfg.run_dir, "tensorboard")) if cfg.tensorboard else None
+    tracker = mlflow_for(cfg)
     for rnd in range(cfg.federation.rounds + 1):
         start = time.perf_counter()
         if storage.exists(layout.metrics_path(rnd)):
@@ -815,10 +816,15 @@ def run(
             board.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
             for client in summary.clients:
                 board.scalars(f"client_{client.client:03d}", vars(client), rnd)
+        if tracker:
+            tracker.scalars("eval", summary.metrics, rnd)
+            tracker.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
         if on_round:
             on_round(summary)
     if board:
         board.close()
+    if tracker:
+        tracker.finish(cfg.run_dir)
     return summaries
 
 
