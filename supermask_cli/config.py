@@ -87,7 +87,7 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     epochs: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0.0)
-    head_lr: float = Field(1e-3, gt=0.0)
+    head_lr: float = Field(1e-2, gt=0.0)  # 1e-3 left small-budget runs predicting one class (docs/BENCHMARKS.md)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     schedule: Literal["linear", "constant"] = "constant"
     head_weight_decay: float = Field(0.0, ge=0.0)
