@@ -364,6 +364,7 @@ def run_child(what: str, args, root: str) -> dict:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -390,7 +391,6 @@ def main() -> None:
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--kinds", nargs="*", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global MODEL
     MODEL = args.model
     if args.child:
         child_main(args)
