@@ -4,7 +4,9 @@ On MiniLM, 2 IID clients x 2 rounds of 10 local steps (batch 32) predicted one c
 head learning rate 1e-3 (0.5287 -> 0.5092 -> 0.5092; docs/BENCHMARKS.md). Here the same shape of
 run on a tiny BERT whose encoder was first fine-tuned on the tiny task and whose classifier was
 then re-initialised: a "pretrained" encoder with useful features and a fresh head, as in the real
-case. The eval set is balanced, so predicting one class scores exactly 0.5.
+case. The eval set is balanced, so predicting one class scores 0.5 (or 0 or 1 when the whole set
+falls on one side). Measured while calibrating: the old head rate 1e-3 gave 0.0 -> 0.0 -> 1.0 (round
+1 predicted one class), the new default 1e-2 gave 0.0 -> 1.0 -> 1.0.
 """
 
 from __future__ import annotations
@@ -62,5 +64,4 @@ def _accuracies(tmp_path: Path, model_dir: Path, data, kind: str, train: dict) -
 def test_small_default_run_learns_instead_of_predicting_one_class(pretrained_tiny, tmp_path):
     model_dir, data = pretrained_tiny
     accuracy = _accuracies(tmp_path, model_dir, data, "bernoulli", {})
-    assert accuracy[-1] >= 0.75, accuracy  # one class would be exactly 0.5
-    assert accuracy[-1] >= accuracy[0] + 0.2, accuracy
+    assert min(accuracy[1:]) >= 0.75, accuracy  # every aggregated global separates the classes
