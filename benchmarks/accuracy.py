@@ -6,12 +6,18 @@ federated runs split the pool over ``--clients`` clients (IID and Dirichlet α =
 ``--rounds`` rounds of ``examples / (batch * clients * rounds)`` local steps (``--batch``, default 32,
 is every method's batch size). ``--set`` overrides come last, so they win over the per-kind settings.
 ``--federated-full`` adds FedAvg of full fine-tuning on the same clients, rounds and local steps, which
-separates what federation costs from what masking costs. Prints one JSON object with the validation
-metric of every method (and, for federated runs, per round).
+separates what federation costs from what masking costs; ``--federated-lora`` adds FedAvg of LoRA
+adapters (``peft``; rank ``--lora-rank`` on the mask's target modules, the head trained in full) on
+the same clients, rounds and local steps. Prints one JSON object with the validation metric of every
+method (and, for federated runs, per round) and, for federated runs, the bytes uploaded per round
+(float32 tensors for FedAvg baselines; the client files for masks).
 
     python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/bench_acc
     python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/fedavg_full \
         --batch 4 --kinds --partitions dirichlet --skip-full --federated-full
+    python benchmarks/accuracy.py --config configs/sst2_minilm_offline.yaml --out-dir /tmp/baselines \
+        --examples 640 --clients 2 --rounds 2 --partitions iid --skip-full --skip-central \
+        --federated-full --federated-lora
 """
 
 from __future__ import annotations
@@ -82,37 +88,62 @@ def full_finetune(cfg: Config, steps: int, lr: float) -> dict:
     return evaluate(cfg, labels, base, device)
 
 
-def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> list[dict]:
-    """FedAvg of full fine-tuning on the same clients, rounds and local steps as the federated mask
-    runs: each client fine-tunes every parameter from the global (fresh AdamW, constant ``lr``), the
-    server averages the floating-point tensors weighted by example counts. Metrics per round."""
-    cfg, labels, base, device = plain_model(cfg)
+def fedavg(cfg: Config, base, labels, device, local_steps: int, lr: float) -> dict:
+    """FedAvg over the model's trainable parameters on the federation's clients, rounds and local
+    steps: each client trains them from the global (fresh AdamW, constant ``lr``), the server averages
+    them weighted by example counts. Metrics and float32 upload bytes per round."""
     model = base.model
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history = [evaluate(cfg, labels, base, device)]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in trainable}
+    per_client = sum(v.numel() * 4 for v in global_state.values())
+    history, uploads = [evaluate(cfg, labels, base, device)], []
     for rnd in range(cfg.federation.rounds):
         sums: dict[str, torch.Tensor] = {}
         total = 0
         for client in range(cfg.federation.num_clients):
             data = api.client_examples(cfg, client, labels)
-            model.load_state_dict(global_state)
+            model.load_state_dict(global_state, strict=False)
             seed = api.derive_seed(cfg.seed, rnd, client)
             torch.manual_seed(seed)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
             fit(base, data, cfg, local_steps, optimizer, torch.Generator().manual_seed(seed), device)
             for key, value in model.state_dict().items():
-                if value.is_floating_point():
+                if key in global_state:
                     sums[key] = sums.get(key, 0) + value.detach().double() * len(data)
             total += len(data)
-        global_state = {k: (sums[k] / total).to(v.dtype) if k in sums else v for k, v in global_state.items()}
-        model.load_state_dict(global_state)
+        global_state = {k: (sums[k] / total).to(v.dtype) for k, v in global_state.items()}
+        model.load_state_dict(global_state, strict=False)
         history.append(evaluate(cfg, labels, base, device))
-    return history
+        uploads.append(per_client * cfg.federation.num_clients)
+    return {"rounds": history, "upload_bytes": uploads, "trainable_parameters": per_client // 4}
+
+
+def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> dict:
+    """FedAvg of full fine-tuning on the same clients, rounds and local steps as the mask runs."""
+    cfg, labels, base, device = plain_model(cfg)
+    return fedavg(cfg, base, labels, device, local_steps, lr)
+
+
+def federated_lora(cfg: Config, local_steps: int, lr: float, rank: int) -> dict:
+    """FedAvg of LoRA (``peft``): rank-``rank`` adapters (alpha = 2·rank, no dropout) on the mask's
+    target modules, the classification head trained in full; A, B and head averaged by FedAvg."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg, labels, base, device = plain_model(cfg)
+    for p in base.model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(base.targets),
+                      modules_to_save=list(base.heads))
+    base.model = get_peft_model(base.model, lora).to(device)
+    return fedavg(cfg, base, labels, device, local_steps, lr)
 
 
 def masked(cfg: Config) -> list[dict]:
-    """A federated (or, with one client and one round, centralized) mask run; metrics per round."""
-    return [s.metrics for s in api.run(cfg)]
+    """A federated (or, with one client and one round, centralized) mask run: metrics per round
+    and, for federated runs, the client file bytes uploaded per round."""
+    summaries = api.run(cfg)
+    uploads = [s.upload.upload_bytes for s in summaries if s.upload is not None]
+    return {"rounds": [s.metrics for s in summaries], "upload_bytes": uploads}
 
 
 def main() -> None:
@@ -130,6 +161,10 @@ def main() -> None:
     parser.add_argument("--skip-central", action="store_true", help="skip centralized mask training")
     parser.add_argument("--federated-full", action="store_true",
                         help="also FedAvg of full fine-tuning per partition (constant --full-lr)")
+    parser.add_argument("--federated-lora", action="store_true",
+                        help="also FedAvg of LoRA adapters per partition (constant --lora-lr, needs peft)")
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     batch = args.batch
@@ -158,12 +193,17 @@ def main() -> None:
             cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/fedavg_full_{partition}",
                                             *federation(partition), *args.overrides])
             record(f"federated_full_finetuning_{partition}", federated_full_finetune(cfg, local_steps, args.full_lr))
+    if args.federated_lora:
+        for partition in args.partitions:
+            cfg = load_config(args.config, [*common, f"run_dir={args.out_dir}/fedavg_lora_{partition}",
+                                            *federation(partition), *args.overrides])
+            record(f"federated_lora_{partition}", federated_lora(cfg, local_steps, args.lora_lr, args.lora_rank))
     for kind in args.kinds:
         if not args.skip_central:
             cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind], f"run_dir={args.out_dir}/central_{kind}",
                                             "federation.num_clients=1", "federation.rounds=1",
                                             "federation.partition=iid", f"train.max_steps={steps}", *args.overrides])
-            record(f"central_{kind}", masked(cfg)[-1])
+            record(f"central_{kind}", masked(cfg)["rounds"][-1])
         for partition in args.partitions:
             cfg = load_config(args.config, [*common, *KIND_SETTINGS[kind],
                                             f"run_dir={args.out_dir}/fed_{kind}_{partition}", *federation(partition),

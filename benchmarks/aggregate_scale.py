@@ -85,7 +85,9 @@ def main() -> None:
         return
     cfg = load_config(args.config, overrides)
     _, cfg = steps.init(cfg, force=True)
+    start = time.perf_counter()
     synthesize(cfg, max(args.clients), args.encoding)
+    print(f"synthesized {max(args.clients)} uploads in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     results = []
     for rule in args.rules:
         for n in args.clients:
@@ -97,7 +99,10 @@ def main() -> None:
             results.append(json.loads(line))
             print(line, file=sys.stderr, flush=True)
     size = os.path.getsize(Layout(args.out_dir).client_path(0, 0))
-    json.dump({"config": args.config, "encoding": args.encoding, "client_file_bytes": size, "results": results},
+    global_size = os.path.getsize(Layout(args.out_dir).global_path(0))
+    json.dump({"config": args.config, "overrides": args.overrides, "encoding": args.encoding,
+               "num_weights": checkpoint.read_meta(Layout(args.out_dir).global_path(0)).num_weights,
+               "global_file_bytes": global_size, "client_file_bytes": size, "results": results},
               sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -351,7 +351,7 @@ def run_child(what: str, args, root: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--root", root, "--data", args.data,
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
            "--memory-steps", str(args.memory_steps), "--device", args.device, "--precision", args.precision,
-           "--kinds", *args.kinds]
+           "--model", args.model, "--kinds", *args.kinds]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -364,6 +364,7 @@ def run_child(what: str, args, root: str) -> dict:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -384,10 +385,13 @@ def main() -> None:
                         help="also list each method's N costliest ops (self CPU ms per step, torch.profiler)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["step", "eval", "memory"])
     parser.add_argument("--data", default=os.path.normpath(DATA))
+    parser.add_argument("--model", default=MODEL, help="model.name: hub id, directory or packaged:NAME "
+                        "(e.g. a random BERT-base from benchmarks/bert_base_random.py)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--kinds", nargs="*", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    MODEL = args.model
     if args.child:
         child_main(args)
         return

@@ -16,8 +16,8 @@ Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median)
 (example-weighted mean with each client's share of the weight capped) and ``filtered`` (drop
 whole clients whose upload is an outlier in :func:`surprise` against the global, then ``mean``).
 ``mean``, ``capped`` and ``filtered`` are linear, so :class:`RunningMean` computes them one client
-at a time. ``server_step`` (``federation.server_lr``) then moves the global from its previous
-value by a server learning rate before ``finalize``.
+at a time. ``server_step`` (``federation.server_optimizer``, ``server_lr``; see ``server_opt``)
+then moves the global from its previous value in score space before ``finalize``.
 
 Coordinate-wise ``median`` and ``trimmed_mean`` of *sampled* bernoulli masks push probs towards 0
 or 1, so the evaluated network stops matching the thinned networks the clients trained: prefer
@@ -32,10 +32,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import server_opt
 from .mask.functions import clamp_probs
+from .server_opt import ServerOptimizer
 
-RULES = ("mean", "median", "trimmed_mean", "capped", "filtered")
-STREAMING_RULES = ("mean", "capped", "filtered")
+RULES = ("mean", "median", "trimmed_mean", "capped", "filtered", "bayes")
+STREAMING_RULES = ("mean", "capped", "filtered", "bayes")
 WEIGHTINGS = ("bounded", "examples", "uniform")
 MEDIAN_MULTIPLE = 3.0
 """``bounded`` weighting: no client's weight exceeds this multiple of the round's median count."""
@@ -145,7 +147,7 @@ def outliers(scores: torch.Tensor, k: float, min_spread: float = MIN_SPREAD) -> 
 
 def reduce(rule: str, x: torch.Tensor, w: torch.Tensor, *, trim_ratio: float = 0.1, max_share: float = 1.0) -> torch.Tensor:
     """Apply one aggregation rule to stacked client values."""
-    if rule in ("mean", "filtered"):
+    if rule in ("mean", "filtered", "bayes"):
         return weighted_mean(x, w)
     if rule == "capped":
         return weighted_mean(x, capped_weights(w, max_share))
@@ -154,6 +156,43 @@ def reduce(rule: str, x: torch.Tensor, w: torch.Tensor, *, trim_ratio: float = 0
     if rule == "trimmed_mean":
         return trimmed_mean(x, w, trim_ratio)
     raise ValueError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
+
+
+def beta_posterior(
+    mean: torch.Tensor, count: int, alpha: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FedPM's Bayesian aggregation (Isik et al. 2023) for one tensor: each weight's keep-probability
+    has a Beta(α, β) prior; ``count`` client masks with ``M = count·mean`` ones (``mean`` the
+    example-weighted mean mask: M is the plain count of ones when clients hold equal weights) give
+    the posterior α' = α + M, β' = β + count − M, and the global probs are its mode
+    (α' − 1) / (α' + β' − 2). Returns (probs, α', β'), float64."""
+    ones = count * mean.to(torch.float64)
+    alpha = alpha.to(torch.float64) + ones
+    beta = beta.to(torch.float64) + (count - ones)
+    return (alpha - 1) / (alpha + beta - 2), alpha, beta
+
+
+def bayes_step(
+    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, *, count: int, prior: float,
+    reset: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The ``bayes`` rule after the example-weighted mean: bernoulli mask means become posterior
+    modes; α and β continue from ``previous`` (the global's ``beta_a``/``beta_b``) unless ``reset``
+    (or absent), when they restart at the prior α = β = ``prior``. Heads and other kinds keep the
+    mean. Returns (reduced values, posterior state keyed ``beta_a/<global key>``, ``beta_b/…``)."""
+    out = dict(reduced)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in reduced.items():
+        gkey = global_key(key, kind)
+        if not gkey.startswith("probs/"):
+            continue
+        alpha, beta = previous.get(f"beta_a/{gkey}"), previous.get(f"beta_b/{gkey}")
+        if reset or alpha is None or beta is None:
+            alpha = beta = torch.full(value.shape, float(prior), dtype=torch.float64)
+        mode, alpha, beta = beta_posterior(value, count, alpha, beta)
+        out[key] = mode.float()
+        state[f"beta_a/{gkey}"], state[f"beta_b/{gkey}"] = alpha.float(), beta.float()
+    return out, state
 
 
 def global_key(client_key: str, kind: str) -> str:
@@ -173,21 +212,31 @@ def finalizer(client_key: str, kind: str) -> Callable[[torch.Tensor], torch.Tens
 
 
 def server_step(
-    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, lr: float
-) -> dict[str, torch.Tensor]:
-    """Server learning rate: move each reduced value from the previous global by ``lr``,
-    g + lr·(reduced − g) (1 = plain averaging, > 1 extrapolates the clients' mean update).
+    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, opt: ServerOptimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The server optimizer (``federation.server_optimizer``, see ``server_opt``) moves each reduced
+    value from the previous global, in score space; returns (stepped values, optimizer state).
     Threshold masks are votes, not averages, and pass through."""
-    if lr == 1.0:
-        return reduced
-    out = {}
-    for key, value in reduced.items():
-        if key.startswith("mask/") and kind == "threshold":
-            out[key] = value
-            continue
-        old = previous[global_key(key, kind)].float()
-        out[key] = old + lr * (value - old)
-    return out
+    return server_opt.server_step(reduced, previous, kind, opt, global_key)
+
+
+def finish(
+    reduced: dict[str, torch.Tensor],
+    previous: dict[str, torch.Tensor],
+    kind: str,
+    *,
+    server: ServerOptimizer,
+    bayes: tuple[int, float, bool] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Reduced client values -> the next global's tensors, server state included: the ``bayes``
+    posterior when ``bayes`` = (client count, prior, reset) is given, then the server optimizer,
+    then :func:`finalize`."""
+    state: dict[str, torch.Tensor] = {}
+    if bayes is not None:
+        count, prior, reset = bayes
+        reduced, state = bayes_step(reduced, previous, kind, count=count, prior=prior, reset=reset)
+    stepped, opt_state = server_step(reduced, previous, kind, server)
+    return {**finalize(stepped, kind), **state, **opt_state}
 
 
 def finalize(sums: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
@@ -216,12 +265,16 @@ def aggregate_stacked(
     trim_ratio: float = 0.1,
     max_share: float = 1.0,
     previous: dict[str, torch.Tensor] | None = None,
-    server_lr: float = 1.0,
+    server: ServerOptimizer = ServerOptimizer(),
+    bayes_prior: float = 1.0,
+    bayes_reset: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Aggregate decoded client tensors (all in memory) into global tensors; ``previous`` (the
-    round's global) is needed only when ``server_lr`` is not 1."""
+    """Aggregate decoded client tensors (all in memory) into global tensors, server state
+    included; ``previous`` (the round's global, with its state) is needed unless ``server`` is
+    plain averaging and ``rule`` is not ``bayes``."""
     reduced = reduce_stacked(clients, weights, rule, trim_ratio=trim_ratio, max_share=max_share)
-    return finalize(server_step(reduced, previous or {}, kind, server_lr), kind)
+    bayes = (len(clients), bayes_prior, bayes_reset) if rule == "bayes" else None
+    return finish(reduced, previous or {}, kind, server=server, bayes=bayes)
 
 
 class RunningMean:
@@ -269,7 +322,12 @@ def round_weights(counts: list[int], rule: str, weighting: str, max_share: float
 
 
 def next_global(
-    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, server_lr: float
+    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, federation, *, rule: str,
+    num_clients: int, rnd: int,
 ) -> dict[str, torch.Tensor]:
-    """The next global's tensors from the reduced client values: the server step, then ``finalize``."""
-    return finalize(server_step(reduced, previous, kind, server_lr), kind)
+    """Round ``rnd``'s next global from its ``num_clients`` accepted clients' reduced values, under a
+    ``federation`` config section: the ``bayes`` posterior (prior reset every ``bayes_reset``
+    rounds), the server optimizer, ``finalize``. One function for the server and for everyone
+    who replays its aggregation (``transport``)."""
+    bayes = (num_clients, federation.bayes_prior, rnd % federation.bayes_reset == 0) if rule == "bayes" else None
+    return finish(reduced, previous, kind, server=server_opt.from_config(federation), bayes=bayes)

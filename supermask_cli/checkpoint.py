@@ -12,7 +12,15 @@ key                 stored as                              present in
                     ANS (``coded``) or surprises (``sparse``)
 ``scale/<module>``  float32, (out_features,)               scaling globals and uploads
 ``head/<param>``    float32, the parameter's shape          every file
+``opt_m/<key>``     float32, the shape of global ``<key>``  globals of server optimizers with state:
+``opt_v/<key>``                                            momentum (m), adam and yogi (m, v)
+``beta_a/<key>``    float32, the shape of ``probs/<module>``  bernoulli globals of ``aggregator: bayes``
+``beta_b/<key>``                                           (the Beta posterior's α, β)
 ==================  =====================================  ==========================================
+
+``<key>`` is a global tensor's own key: ``opt_m/probs/<module>``, ``opt_m/head/<param>``,
+``beta_a/probs/<module>``. Which of these groups a global holds is listed in its metadata
+(``server_state``); client files never hold them.
 
 The safetensors header's ``__metadata__`` holds one key, ``supermask``: a JSON object
 validated by :class:`FileMeta`. Nothing is ever unpickled; every size, key, dtype, shape and
@@ -45,6 +53,10 @@ MAX_ENTRIES = 20_000
 FLIP_RATE_RANGE = (1e-6, 0.5)
 
 GROUPS = ("probs", "mask", "code", "scale", "head")
+OPT_GROUPS = ("opt_m", "opt_v")
+BAYES_GROUPS = ("beta_a", "beta_b")
+STATE_GROUPS = OPT_GROUPS + BAYES_GROUPS
+"""Server state carried from one aggregate to the next, keyed ``<group>/<global key>``."""
 CODED_ENCODINGS = ("coded", "sparse")
 """Encodings stored as ``code/<module>``, decodable only with the global they were coded against."""
 
@@ -143,6 +155,7 @@ class FileMeta(_Strict):
     aggregation: AggregationMeta | None = None
     pool: PoolMeta | None = None
     privacy: ClientPrivacy | RunPrivacy | None = None
+    server_state: list[Literal["opt_m", "opt_v", "beta_a", "beta_b"]] = Field(default_factory=list)
     created_by: str
 
     @property
@@ -215,6 +228,12 @@ def reference_plan(reference: Checkpoint, name: str) -> coding.SparsePlan:
     if name not in plans:
         plans[name] = coding.sparse_plan(reference_probs(reference.meta, name, reference))
     return plans[name]
+
+
+def state_groups(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The server-state groups present among a global's tensors (``FileMeta.server_state``)."""
+    present = {key.partition("/")[0] for key in tensors}
+    return [group for group in STATE_GROUPS if group in present]
 
 
 def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
@@ -339,6 +358,12 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "sparse file must not set 'coding_flip_rate'")
     if meta.coding_flip_rate is not None and not math.isfinite(meta.coding_flip_rate):
         raise _fail(path, "metadata 'coding_flip_rate' is not a finite number")
+    if meta.server_state and meta.role == "client":
+        raise _fail(path, "metadata 'server_state' must be empty in a client file")
+    if len(set(meta.server_state)) != len(meta.server_state):
+        raise _fail(path, "metadata 'server_state' lists a group twice")
+    if meta.kind != "bernoulli" and set(meta.server_state) & set(BAYES_GROUPS):
+        raise _fail(path, "metadata 'server_state' holds a Beta posterior, which only bernoulli globals have")
     return meta
 
 
@@ -359,6 +384,13 @@ def _expected_spec(meta: FileMeta) -> dict[str, tuple[torch.dtype, tuple[int, ..
             spec[f"code/{name}"] = (torch.uint8, None)
     for name, shape in meta.head.items():
         spec[f"head/{name}"] = (torch.float32, tuple(shape))
+    for group in meta.server_state:
+        # optimizer moments for every float tensor (threshold masks are votes, never stepped);
+        # the Beta posterior for bernoulli probs
+        bases = ("probs",) if group in BAYES_GROUPS else ("probs", "scale", "head")
+        for key, (dtype, shape) in list(spec.items()):
+            if key.partition("/")[0] in bases:
+                spec[f"{group}/{key}"] = (dtype, shape)
     return spec
 
 
@@ -391,11 +423,15 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
     out: dict[str, torch.Tensor] = {}
     for key, value in stored.items():
         group, _, name = key.partition("/")
-        if group in ("probs", "scale", "head"):
+        if group in ("probs", "scale", "head") or group in STATE_GROUPS:
             if not torch.isfinite(value).all():
                 raise _fail(path, f"tensor {key!r} holds NaN or Inf")
             if group == "probs" and ((value < 0) | (value > 1)).any():
                 raise _fail(path, f"tensor {key!r} holds probabilities outside [0, 1]")
+            if group == "opt_v" and (value < 0).any():
+                raise _fail(path, f"tensor {key!r} holds a negative second moment")
+            if group in BAYES_GROUPS and (value <= 0).any():
+                raise _fail(path, f"tensor {key!r} holds a Beta parameter that is not positive")
             out[key] = value
         elif group == "mask":
             shape = meta.targets[name].shape

@@ -134,7 +134,7 @@ def aggregate(
     ] = None,
     out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write the next global.")] = None,
     aggregator: Annotated[
-        Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered (default: config).")
+        Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered | bayes (default: config).")
     ] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid client files instead of failing.")] = False,
     wait: Annotated[
@@ -196,14 +196,30 @@ def eval_(
 
 @app.command()
 @user_errors
-def run(config: ConfigOpt, set_: SetOpt = None) -> None:
+def run(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    seeds: Annotated[
+        Optional[str], typer.Option("--seeds", help="Comma-separated seeds: one run per seed in RUN_DIR/seed_<s>.")
+    ] = None,
+) -> None:
     """Run every round on this machine (init, clients, aggregate, eval); re-run to resume.
 
     Example: `supermask run --config configs/sst2_minilm_offline.yaml`
     """
+    from . import seeds as seeding
+
+    base = _config(config, set_)
+    configs = seeding.seed_configs(base, seeding.parse_seeds(seeds)) if seeds is not None else [base]
+    for cfg in configs:
+        _run_one(cfg)
+    if seeds is not None:
+        out.print(f"mean ± std over seeds: supermask report {base.run_dir}")
+
+
+def _run_one(cfg: Config) -> None:
     from . import steps
 
-    cfg = _config(config, set_)
     main = steps.metric_names(cfg)[0]
     rows: list[dict[str, Any]] = []
 
@@ -279,7 +295,9 @@ def report(
     compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Other run directories to overlay (repeatable).")] = None,
     out_path: Annotated[Optional[str], typer.Option("--out", help="Picture path (default: RUN_DIR/report.png).")] = None,
 ) -> None:
-    """Print a run's per-round table and write report.png (metric, loss, upload size, final densities).
+    """Print a run's per-round table and write report.png (metric, loss, upload size, final densities,
+    metric against cumulative uploaded bytes). A directory of `seed_*` runs (`run --seeds`) is
+    reported as mean ± std per round.
 
     Example: `supermask report runs/sst2_minilm --compare runs/sst2_threshold`
     """

@@ -62,7 +62,7 @@ class FederationConfig(_Section):
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0.0)
     shards_per_client: int = Field(2, ge=1)
-    aggregator: Literal["mean", "median", "trimmed_mean", "capped", "filtered"] = "mean"
+    aggregator: Literal["mean", "median", "trimmed_mean", "capped", "filtered", "bayes"] = "mean"
     weighting: Literal["bounded", "examples", "uniform"] = "bounded"  # aggregate.example_weights
     trim_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     max_client_share: float = Field(0.25, gt=0.0, le=1.0)
@@ -70,6 +70,17 @@ class FederationConfig(_Section):
     min_clients: int = Field(1, ge=1)
     max_client_examples: int = Field(10_000_000, ge=1)
     server_lr: float = Field(1.0, gt=0.0, le=10.0)
+    server_optimizer: Literal["sgd", "momentum", "adam", "yogi"] = "sgd"
+    server_betas: tuple[float, float] = (0.9, 0.99)  # momentum uses the first
+    server_tau: float = Field(1e-3, gt=0.0)  # adam/yogi: step = lr * m / (sqrt(v) + tau)
+    bayes_prior: float = Field(1.0, ge=1.0)  # aggregator bayes: Beta(prior, prior) at every reset
+    bayes_reset: int = Field(5, ge=1)  # aggregator bayes: restart from the prior every N rounds
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> FederationConfig:
+        if not all(0.0 <= b < 1.0 for b in self.server_betas):
+            raise ValueError("federation.server_betas must both lie in [0, 1)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -77,7 +88,7 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     epochs: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0.0)
-    head_lr: float = Field(1e-3, gt=0.0)
+    head_lr: float = Field(1e-2, gt=0.0)  # 1e-3 left small-budget runs predicting one class (docs/BENCHMARKS.md)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     schedule: Literal["linear", "constant"] = "constant"
     head_weight_decay: float = Field(0.0, ge=0.0)
@@ -120,6 +131,8 @@ class Config(_Section):
     run_dir: str = "runs/default"
     seed: int = 0
     tensorboard: bool = False
+    tracking: Literal["none", "mlflow"] = "none"
+    tracking_uri: str | None = None  # mlflow: null = the local file store <run_dir>/mlruns
     model: ModelConfig = ModelConfig()
     task: str | None = None
     data: DataConfig = DataConfig()
@@ -133,6 +146,12 @@ class Config(_Section):
     def _check_privacy(self) -> Config:
         if self.privacy.mode == "client" and self.federation.aggregator != "mean":
             raise ValueError("privacy.mode client bounds each client's share of a plain sum: federation.aggregator must be mean")
+        return self
+
+    @model_validator(mode="after")
+    def _check_bayes(self) -> Config:
+        if self.federation.aggregator == "bayes" and self.mask.kind != "bernoulli":
+            raise ValueError("federation.aggregator 'bayes' needs mask.kind 'bernoulli' (a Beta posterior over keep-probabilities)")
         return self
 
 

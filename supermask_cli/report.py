@@ -1,11 +1,13 @@
-"""``supermask report``: a run's per-round table and a picture (metric, loss, upload size, final densities)."""
+"""``supermask report``: a run's per-round table and a picture (metric, loss, upload size, final
+densities, metric against cumulative uploaded bytes). A directory of ``seed_*`` runs (``supermask
+run --seeds``) is reported as each round's mean ± standard deviation over the seeds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from . import checkpoint, storage
+from . import checkpoint, seeds, storage
 from .errors import SupermaskError
 from .layout import Layout
 from .steps.runlog import round_rows
@@ -18,6 +20,7 @@ class RunHistory:
     run_dir: str
     rows: list[dict[str, Any]]
     final_densities: dict[str, float]
+    seeds: int = 1
 
     @property
     def metric(self) -> str:
@@ -27,22 +30,44 @@ class RunHistory:
         return "loss"
 
 
+def with_cumulative_upload(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``cumulative_upload_bytes``: every client byte uploaded before the round's global
+    (0 at round 0; a round's ``upload_bytes`` are the uploads that trained from its global)."""
+    total = 0
+    out = []
+    for row in rows:
+        out.append({**row, "cumulative_upload_bytes": total})
+        total += row.get("upload_bytes") or 0
+    return out
+
+
 def load_history(run_dir: str) -> RunHistory:
-    """Per-round metrics and upload statistics of a run directory."""
+    """Per-round metrics and upload statistics of a run directory, or of its ``seed_*`` runs merged."""
     layout = Layout(run_dir)
     rounds = layout.rounds()
+    if not rounds and seeds.seed_dirs(run_dir):
+        runs = [load_history(d) for d in seeds.seed_dirs(run_dir)]
+        names = runs[0].final_densities
+        return RunHistory(
+            run_dir=run_dir,
+            rows=seeds.merge_rows([r.rows for r in runs]),
+            final_densities={n: sum(r.final_densities[n] for r in runs) / len(runs) for n in names},
+            seeds=len(runs),
+        )
     if not rounds:
-        raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors; is it a run directory?")
+        raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors nor seed_* runs; is it a run directory?")
     rows = round_rows(layout)
     if not rows:
         raise SupermaskError(f"'{run_dir}' has no metrics.json yet; run `supermask eval` or `supermask run`")
     final = checkpoint.load_checkpoint(layout.global_path(rounds[-1]))
-    return RunHistory(run_dir=run_dir, rows=rows, final_densities=final.module_densities())
+    return RunHistory(run_dir=run_dir, rows=with_cumulative_upload(rows), final_densities=final.module_densities())
 
 
 def table_rows(history: RunHistory) -> list[dict[str, Any]]:
-    keys = ["round", history.metric, "loss", "density", "upload_bytes", "bits_per_weight", "download_bytes",
-            "download_bits_per_weight"]
+    keys = ["round", history.metric, "loss", "density", "upload_bytes", "cumulative_upload_bytes", "bits_per_weight",
+            "download_bytes", "download_bits_per_weight"]
+    if history.seeds > 1:
+        keys[2:2] = [f"{history.metric}_std", "seeds"]
     if any("epsilon" in row for row in history.rows):
         keys.append("epsilon")
     return [{k: row.get(k) for k in keys} for row in history.rows]
@@ -56,13 +81,23 @@ def plot(histories: list[RunHistory], path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    (ax_metric, ax_loss), (ax_upload, ax_density) = axes
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8), constrained_layout=True)
+    (ax_metric, ax_loss, ax_bytes), (ax_upload, ax_density, ax_spare) = axes
+    ax_spare.axis("off")
     ax_eps = None
     for h in histories:
         rounds = [r["round"] for r in h.rows]
-        label = h.run_dir.rstrip("/").rsplit("/", 1)[-1]
-        ax_metric.plot(rounds, [r.get(h.metric) for r in h.rows], marker="o", label=label)
+        label = h.run_dir.rstrip("/").rsplit("/", 1)[-1] + (f" ({h.seeds} seeds)" if h.seeds > 1 else "")
+        values = [r.get(h.metric) for r in h.rows]
+        line = ax_metric.plot(rounds, values, marker="o", label=label)[0]
+        sent = [r.get("cumulative_upload_bytes") for r in h.rows]
+        ax_bytes.plot(sent, values, marker="o", label=label, color=line.get_color())
+        if h.seeds > 1:
+            spread = [r.get(f"{h.metric}_std", 0.0) for r in h.rows]
+            low = [v - d for v, d in zip(values, spread)]
+            high = [v + d for v, d in zip(values, spread)]
+            ax_metric.fill_between(rounds, low, high, alpha=0.2, color=line.get_color())
+            ax_bytes.fill_between(sent, low, high, alpha=0.2, color=line.get_color())
         ax_loss.plot(rounds, [r.get("loss") for r in h.rows], marker="o", label=label)
         up = [(r["round"], r["bits_per_weight"]) for r in h.rows if r.get("bits_per_weight") is not None]
         if up:
@@ -77,11 +112,14 @@ def plot(histories: list[RunHistory], path: str) -> None:
     metric = histories[0].metric
     ax_metric.set(title=f"eval {metric} per round", xlabel="round", ylabel=metric)
     ax_loss.set(title="eval loss per round", xlabel="round", ylabel="loss")
+    ax_bytes.set(title=f"eval {metric} against uploads", xlabel="cumulative client upload (bytes)", ylabel=metric)
     ax_upload.set(title="mean client upload per round", xlabel="round", ylabel="bits per masked weight")
     ax_density.set(title="final global density per target module", xlabel="target module (model order)", ylabel="density")
     for ax in axes.flat:
+        if ax is ax_spare:
+            continue
         ax.grid(alpha=0.3)
-        if ax is not ax_density:
+        if ax not in (ax_density, ax_bytes):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     buffer = __import__("io").BytesIO()

@@ -105,7 +105,8 @@ def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = 
         payload = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
         decoded.append(checkpoint.decode_stored(client_meta, payload, previous, f"{path} (client {client_meta.client})"))
     reduced = _reduce(cfg, meta, decoded)
-    tensors = next_global(reduced, previous.tensors, meta.kind, cfg.federation.server_lr)
+    tensors = next_global(reduced, previous.tensors, meta.kind, cfg.federation, rule=meta.aggregation.rule,
+                          num_clients=len(decoded), rnd=meta.round - 1)
     tensors.update({k: v for k, v in stored.items() if k.startswith("head/")})
     data = checkpoint.serialize(meta, checkpoint.encode_tensors(meta, tensors, None))
     if checkpoint.file_digest(data) != info["digest"]:

@@ -7,6 +7,7 @@ import torch
 
 from supermask_cli import aggregate as agg
 from supermask_cli.mask.functions import PROB_EPS
+from supermask_cli.server_opt import ServerOptimizer
 
 
 def _t(values) -> torch.Tensor:
@@ -161,29 +162,14 @@ def test_finalize_scaling_passes_through():
     assert torch.equal(out["scale/a"], _t([0.5, 2.0]))
 
 
-# --------------------------------------------------------------------------- server_step
-
-
-def test_server_step_extrapolates_floats_from_previous_global():
-    reduced = {"mask/a": _t([0.5, 1.0]), "head/h": _t([1.0, -1.0])}
-    previous = {"probs/a": _t([0.75, 0.75]), "head/h": _t([0.0, 0.0])}
-    out = agg.server_step(reduced, previous, "bernoulli", 2.0)
-    assert torch.equal(out["mask/a"], _t([0.25, 1.25]))  # finalize clamps to [ε, 1-ε] afterwards
-    assert torch.equal(out["head/h"], _t([2.0, -2.0]))
-    assert torch.equal(agg.finalize(out, "bernoulli")["probs/a"], _t([0.25, 1 - PROB_EPS]))
-
-
-def test_server_step_one_is_identity_and_threshold_votes_pass_through():
-    reduced = {"mask/a": _t([0.4, 0.6]), "head/h": _t([1.0])}
-    assert agg.server_step(reduced, {}, "threshold", 1.0) is reduced
-    out = agg.server_step(reduced, {"mask/a": torch.tensor([True, False]), "head/h": _t([0.5])}, "threshold", 3.0)
-    assert torch.equal(out["mask/a"], _t([0.4, 0.6]))
-    assert torch.equal(out["head/h"], _t([2.0]))
+# --------------------------------------------------------------------------- server step (more in test_server_opt.py)
 
 
 def test_aggregate_stacked_applies_server_lr_for_scaling():
     clients = [{"scale/a": _t([1.0, 3.0])}, {"scale/a": _t([3.0, 1.0])}]
-    out = agg.aggregate_stacked(clients, [1.0, 1.0], "scaling", "median", previous={"scale/a": _t([1.0, 1.0])}, server_lr=0.5)
+    out = agg.aggregate_stacked(
+        clients, [1.0, 1.0], "scaling", "median", previous={"scale/a": _t([1.0, 1.0])}, server=ServerOptimizer(lr=0.5)
+    )
     assert torch.equal(out["scale/a"], _t([1.5, 1.5]))
 
 

@@ -307,3 +307,72 @@ def test_serialize_is_deterministic(globals_by_kind, kind):
 def test_read_meta_matches_full_load(globals_by_kind):
     result, gl, _ = globals_by_kind["bernoulli"]
     assert checkpoint.read_meta(result.path) == gl.meta
+
+
+# --------------------------------------------------------------------------- server state in globals
+
+
+def _with_state(gl, groups: list[str], seed: int = 3) -> tuple[FileMeta, dict[str, torch.Tensor]]:
+    """A global of ``gl``'s kind with random values and every tensor of the server-state ``groups``."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = _random_tensors(gl.meta, seed=seed)
+    for group in groups:
+        bases = ("probs/",) if group.startswith("beta_") else ("probs/", "scale/", "head/")
+        for key, value in list(tensors.items()):
+            if key.startswith(bases):
+                tensors[f"{group}/{key}"] = torch.rand(value.shape, generator=g) + 0.5
+    return gl.meta.model_copy(update={"server_state": groups}), tensors
+
+
+@pytest.mark.parametrize(
+    "kind,groups",
+    [("bernoulli", ["opt_m", "opt_v", "beta_a", "beta_b"]), ("threshold", ["opt_m"]), ("scaling", ["opt_m", "opt_v"])],
+)
+def test_global_with_server_state_round_trips(globals_by_kind, kind, groups):
+    # Prepare
+    _, gl, _ = globals_by_kind[kind]
+    meta, tensors = _with_state(gl, groups)
+    # Execute
+    loaded = loads(serialize(meta, checkpoint.encode_tensors(meta, tensors, None)), "g")
+    # Assert: bit-exact, listed in the metadata, and no moments for threshold masks (votes are not stepped)
+    _assert_same(loaded.tensors, tensors)
+    assert loaded.meta.server_state == groups == checkpoint.state_groups(tensors)
+    assert not [k for k in tensors if k.startswith("opt_m/mask/")]
+
+
+def test_server_state_tensors_must_match_the_metadata(globals_by_kind):
+    _, gl, _ = globals_by_kind["bernoulli"]
+    meta, tensors = _with_state(gl, ["opt_m", "opt_v"])
+    stored = checkpoint.encode_tensors(meta, tensors, None)
+    missing = {k: v for k, v in stored.items() if not k.startswith("opt_v/head/")}
+    with pytest.raises(CheckpointError, match="missing tensor 'opt_v/head/"):
+        loads(serialize(meta, missing), "g")
+    undeclared = meta.model_copy(update={"server_state": ["opt_m"]})
+    with pytest.raises(CheckpointError, match="unexpected tensor 'opt_v/"):
+        loads(serialize(undeclared, stored), "g")
+
+
+@pytest.mark.parametrize("group,value,message", [("opt_v", -1.0, "negative second moment"), ("beta_a", 0.0, "not positive")])
+def test_server_state_values_are_checked(globals_by_kind, group, value, message):
+    _, gl, _ = globals_by_kind["bernoulli"]
+    meta, tensors = _with_state(gl, ["opt_m", "opt_v", "beta_a", "beta_b"])
+    key = next(k for k in tensors if k.startswith(group + "/"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = value
+    with pytest.raises(CheckpointError, match=message):
+        loads(serialize(meta, checkpoint.encode_tensors(meta, tensors, None)), "g")
+
+
+def test_server_state_refused_in_clients_and_beta_state_in_other_kinds(globals_by_kind):
+    _, gl, _ = globals_by_kind["bernoulli"]
+    client = _client_meta(gl, "packed").model_copy(update={"server_state": ["opt_m"]})
+    stored = checkpoint.encode_tensors(client, _random_tensors(client, as_client=True), None)
+    with pytest.raises(CheckpointError, match="must be empty in a client file"):
+        loads(serialize(client, stored), "c")
+    twice = gl.meta.model_copy(update={"server_state": ["opt_m", "opt_m"]})
+    with pytest.raises(CheckpointError, match="lists a group twice"):
+        loads(serialize(twice, checkpoint.encode_tensors(gl.meta, gl.tensors, None)), "g")
+    _, th, _ = globals_by_kind["threshold"]
+    meta = th.meta.model_copy(update={"server_state": ["beta_a"]})
+    with pytest.raises(CheckpointError, match="only bernoulli globals"):
+        loads(serialize(meta, checkpoint.encode_tensors(th.meta, th.tensors, None)), "g")

@@ -162,3 +162,18 @@ def test_shipped_config_loads_and_has_header(path):
     assert first.startswith("#")
     assert "supermask" in first
     assert cfg.mask.init_score > cfg.mask.threshold
+
+
+def test_server_optimizer_keys():
+    cfg = load_config(None, ["federation.server_optimizer=yogi", "federation.server_betas=[0.5, 0.75]"])
+    assert cfg.federation.server_optimizer == "yogi" and cfg.federation.server_betas == (0.5, 0.75)
+    with pytest.raises(SupermaskError, match="server_betas"):
+        load_config(None, ["federation.server_betas=[0.9, 1.0]"])
+    with pytest.raises(SupermaskError, match="federation.server_optimizer"):
+        load_config(None, ["federation.server_optimizer=adagrad"])
+
+
+def test_bayes_needs_bernoulli_masks():
+    assert load_config(None, ["federation.aggregator=bayes"]).federation.bayes_reset == 5
+    with pytest.raises(SupermaskError, match="'bayes' needs mask.kind 'bernoulli'"):
+        load_config(None, ["federation.aggregator=bayes", "mask.kind=threshold"])

@@ -178,6 +178,8 @@ def aggregate(
     layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
     rule = rule or cfg.federation.aggregator
+    if rule == "bayes" and gl.meta.kind != "bernoulli":
+        raise SupermaskError(f"aggregator bayes needs bernoulli masks; this run's are {gl.meta.kind}")
     path = out or layout.global_path(rnd + 1)
     refuse_existing(path, force)
     expected = sampled(cfg, rnd)
@@ -192,13 +194,14 @@ def aggregate(
     reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
-    tensors = next_global(reduced, gl.tensors, gl.meta.kind, cfg.federation.server_lr)
+    tensors = next_global(reduced, gl.tensors, gl.meta.kind, cfg.federation, rule=rule, num_clients=len(records), rnd=rnd)
     meta = gl.meta.model_copy(
         update={
             "round": rnd + 1,
             "num_examples": sum(r.num_examples for r in records),
             "parent_digest": gl.digest,
             "aggregation": AggregationMeta(rule=rule, clients=records, dropped=dropped, missing=missing),
+            "server_state": checkpoint.state_groups(tensors),
             "privacy": ledger.run_record(cfg, rnd, gl.meta, [m for _, m in metas if m.client in accepted]),
             "created_by": f"supermask {__version__}",
         }

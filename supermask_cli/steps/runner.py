@@ -10,7 +10,7 @@ from typing import Any
 from .. import checkpoint, storage
 from ..config import Config
 from ..layout import Layout
-from ..tracking import TensorBoardLog
+from ..tracking import TensorBoardLog, mlflow_for
 from .aggregation import aggregate
 from .evaluation import evaluate
 from .initialize import init
@@ -70,6 +70,7 @@ def run(
         cfg = resolved(cfg, meta.labels, meta.pool)
     summaries: list[RoundSummary] = []
     board = TensorBoardLog(storage.join(cfg.run_dir, "tensorboard")) if cfg.tensorboard else None
+    tracker = mlflow_for(cfg)
     for rnd in range(cfg.federation.rounds + 1):
         start = time.perf_counter()
         if storage.exists(layout.metrics_path(rnd)):
@@ -90,8 +91,13 @@ def run(
             board.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
             for client in summary.clients:
                 board.scalars(f"client_{client.client:03d}", vars(client), rnd)
+        if tracker:
+            tracker.scalars("eval", summary.metrics, rnd)
+            tracker.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
         if on_round:
             on_round(summary)
     if board:
         board.close()
+    if tracker:
+        tracker.finish(cfg.run_dir)
     return summaries

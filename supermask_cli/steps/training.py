@@ -146,6 +146,7 @@ def train_client(
             "num_examples": len(examples),
             "parent_digest": gl.digest,
             "aggregation": None,
+            "server_state": [],
             "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps),
             "created_by": f"supermask {__version__}",
         }
