@@ -102,7 +102,7 @@ def _quote(word: str) -> str:
 
 
 def script(cfg: Config, job: Job, opts: Options) -> str:
-    """The job's bash script: #SBATCH header (name, log, array, GPUs) and its CLI commands."""
+    """The job's bash script: #SBATCH header (name, log, array, GPUs) and its one CLI command."""
     log = opts.directory / "logs" / ("%x-%A_%a.out" if job.array else "%x-%j.out")
     header = [f"--job-name={_job_prefix(cfg)}.{job.name}", f"--output={log}", "--kill-on-invalid-dep=yes",
               f"--chdir={opts.workdir}"]
