@@ -109,7 +109,9 @@ class MlflowLog:
         """Log the run's ``report.png`` (as ``supermask report`` draws it) and end the MLflow run."""
         import tempfile
 
-        from . import report  # report reads run directories through the steps: imported late
+        from . import (
+            report,  # report reads run directories through the steps: imported late
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "report.png")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_config_dict
+
 from supermask_cli import checkpoint, steps
 from supermask_cli.aggregate import aggregate_stacked
 from supermask_cli.config import load_config

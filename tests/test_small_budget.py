@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import build_tiny_model, tiny_config_dict, write_tiny_data
+
 from supermask_cli import steps
 from supermask_cli.config import load_config
 
