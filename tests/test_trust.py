@@ -329,6 +329,13 @@ def test_outliers_still_flag_a_large_surprise_when_most_changed_nothing():
     assert outliers(torch.tensor([0.0, 0.0, 0.0, 0.0029, 0.0031]), 3.0).tolist() == [False] * 4 + [True]
 
 
+def test_outliers_limit_is_exclusive_and_the_median_share_floor_is_one_percent():
+    # median 0, spread floored at min_spread 0.25: limit 0 + 2 × 0.25 = 0.5 exactly, not an outlier
+    assert outliers(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5]), 2.0, min_spread=0.25).tolist() == [False] * 5
+    # median 1, MAD 0: spread 1% of the median, limit 1.03
+    assert outliers(torch.tensor([1.0, 1.0, 1.0, 1.02, 1.05]), 3.0).tolist() == [False] * 4 + [True]
+
+
 # ------------------------------------------------------------------------------- file size (defect)
 
 
