@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import tiny_config_dict
+from supermask_cli.server_opt import ServerOptimizer
 from supermask_cli import checkpoint, steps
 from supermask_cli.aggregate import (
     MEDIAN_MULTIPLE,
@@ -169,7 +170,7 @@ def test_every_rule_and_server_step_on_unequal_inputs(rule, server_lr):
     clients = [{"scale/a": torch.tensor([v, 1.0 - v]), "head/w": torch.tensor([2 * v])} for v in VALUES]
     previous = {"scale/a": torch.tensor([0.8, 0.1]), "head/w": torch.tensor([1.0])}
     out = aggregate_stacked(clients, WEIGHTS, "scaling", rule, trim_ratio=0.25, max_share=0.3,
-                            previous=previous, server_lr=server_lr)
+                            previous=previous, server=ServerOptimizer("sgd", server_lr))
     r = RULE_RESULTS[rule]
     mirrored = 1.0 - RULE_RESULTS["median"] if rule == "median" else 1.0 - r  # median of 1 − v is 0.6
     reduced = {"scale/a": torch.tensor([r, mirrored]), "head/w": torch.tensor([2 * r])}
@@ -178,13 +179,21 @@ def test_every_rule_and_server_step_on_unequal_inputs(rule, server_lr):
         assert torch.allclose(out[key], expected.float(), atol=1e-6), (key, out[key], expected)
 
 
-@pytest.mark.parametrize("server_lr, expected", [(1.0, 0.25), (0.5, 0.62), (2.0, PROB_EPS)])
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+@pytest.mark.parametrize("server_lr, expected", [
+    (1.0, 0.25),  # plain averaging
+    (0.5, 1 / (1 + math.exp(-(_logit(0.99) + 0.5 * (_logit(0.25) - _logit(0.99)))))),  # halfway in score space: 0.85
+    (3.0, PROB_EPS),  # overshoots far below 0: clamped
+])
 def test_bernoulli_server_step_moves_probs_from_the_previous_global_and_clamps(server_lr, expected):
-    # masks 1, 0, 0, 0 with weights 10, 10, 10, 10 -> 0.25; previous probs 0.99
+    # masks 1, 0, 0, 0 with weights 10, 10, 10, 10 -> 0.25; previous probs 0.99; the step is in score (logit) space
     clients = [{"mask/a": torch.tensor([bit])} for bit in (True, False, False, False)]
     out = aggregate_stacked(clients, [10.0] * 4, "bernoulli", "mean", previous={"probs/a": torch.tensor([0.99])},
-                            server_lr=server_lr)
-    assert math.isclose(float(out["probs/a"]), expected, rel_tol=1e-5)  # 0.99 + 2(0.25 − 0.99) < 0: clamped
+                            server=ServerOptimizer("sgd", server_lr))
+    assert math.isclose(float(out["probs/a"]), expected, rel_tol=1e-5)
 
 
 # ------------------------------------------------------------------------- sampled uploads (stats)
