@@ -61,3 +61,12 @@ class Layout:
             for name in storage.listdir(self.clients_dir(rnd))
             if CLIENT_FILE.match(name)
         ]
+
+    def uploads(self, rnd: int) -> dict[int, str]:
+        """Client id -> upload path for the files in round ``rnd``'s clients folder."""
+        out = {}
+        for name in storage.listdir(self.clients_dir(rnd)):
+            match = CLIENT_FILE.match(name)
+            if match:
+                out[int(match.group(1))] = storage.join(self.clients_dir(rnd), name)
+        return out

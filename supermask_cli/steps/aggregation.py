@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 import torch
 
-from .. import __version__, checkpoint, storage
+from .. import __version__, checkpoint
 from ..aggregate import STREAMING_RULES, RunningMean, next_global, outliers, reduce_stacked, round_weights, surprise
 from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
-from ..layout import CLIENT_FILE, Layout
+from ..layout import Layout
 from ..privacy import client_level, ledger
 from .checks import check_client, open_round, refuse_existing
 from .participants import sampled, write_participants
@@ -19,21 +19,11 @@ from .runlog import AggregateResult, aggregate_result, write_metrics_log
 WAIT_POLL_SECONDS = 2.0
 
 
-def _present(layout: Layout, rnd: int) -> dict[int, str]:
-    """Client id -> upload path for the files in round ``rnd``'s clients folder."""
-    out = {}
-    for path in layout.client_files(rnd):
-        match = CLIENT_FILE.match(path.rsplit("/", 1)[-1])
-        if match:
-            out[int(match.group(1))] = path
-    return out
-
-
 def wait_for_clients(layout: Layout, rnd: int, expected: list[int], seconds: float) -> dict[int, str]:
     """Poll the round's clients folder until every expected client's file is there or ``seconds`` pass."""
     deadline = time.monotonic() + seconds
     while True:
-        present = _present(layout, rnd)
+        present = layout.uploads(rnd)
         if set(expected) <= set(present) or time.monotonic() >= deadline:
             return present
         time.sleep(min(WAIT_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
@@ -42,7 +32,7 @@ def wait_for_clients(layout: Layout, rnd: int, expected: list[int], seconds: flo
 def _client_paths(layout: Layout, rnd: int, explicit: list[str] | None, expected: list[int], wait: float | None) -> list[str]:
     if explicit:
         return explicit
-    present = wait_for_clients(layout, rnd, expected, wait) if wait else _present(layout, rnd)
+    present = wait_for_clients(layout, rnd, expected, wait) if wait else layout.uploads(rnd)
     if not present:
         raise SupermaskError(
             f"no client files for round {rnd} under '{layout.clients_dir(rnd)}'; run `supermask train-client` first"

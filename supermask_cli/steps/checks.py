@@ -95,14 +95,6 @@ def refuse_existing(path: str, force: bool) -> None:
         raise SupermaskError(f"'{path}' already exists; pass --force to overwrite it")
 
 
-def run_pool(layout: Layout, gl: Checkpoint) -> checkpoint.PoolMeta | None:
-    """The pool record of the run: round 0's global carries it (later globals copy it)."""
-    if gl.meta.pool is not None or gl.meta.round == 0:
-        return gl.meta.pool
-    path = layout.global_path(0)
-    return checkpoint.read_meta(path).pool if storage.exists(path) else None
-
-
 def open_round(cfg: Config, rnd: int | None, global_path: str | None) -> tuple[Layout, Checkpoint, Config]:
     """The round's global (explicit path, round, or latest) checked against the config, and the
     config resolved with the run's labels and the data source recorded at ``init``."""

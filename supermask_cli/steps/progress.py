@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from .. import storage
 from ..config import Config
-from ..layout import CLIENT_FILE, Layout
+from ..layout import Layout
 from .participants import sampled
 
 
@@ -31,7 +31,7 @@ class RoundProgress:
 
 def round_progress(cfg: Config, rnd: int) -> RoundProgress:
     layout = Layout(cfg.run_dir)
-    done = sorted(int(m.group(1)) for name in storage.listdir(layout.clients_dir(rnd)) if (m := CLIENT_FILE.match(name)))
+    done = sorted(layout.uploads(rnd))
     wanted = sampled(cfg, rnd)
     return RoundProgress(
         round=rnd,
