@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from supermask_cli import steps as api  # noqa: E402
+from supermask_cli import storage  # noqa: E402
 from supermask_cli.config import Config, load_config  # noqa: E402
 from supermask_cli.evaluate import evaluate_model  # noqa: E402
 from supermask_cli.train import batch_order, encode_batch, linear_schedule, resolve_device  # noqa: E402
@@ -115,7 +116,21 @@ def fedavg(cfg: Config, base, labels, device, local_steps: int, lr: float) -> di
         model.load_state_dict(global_state, strict=False)
         history.append(evaluate(cfg, labels, base, device))
         uploads.append(per_client * cfg.federation.num_clients)
+    write_metrics_log(cfg.run_dir, history, uploads, cfg.federation.num_clients)
     return {"rounds": history, "upload_bytes": uploads, "trainable_parameters": per_client // 4}
+
+
+def write_metrics_log(run_dir: str, history: list[dict], uploads: list[int], clients: int) -> None:
+    """``run_dir/metrics.jsonl`` in the run directory's row format (round, eval metrics, and the
+    bytes uploaded by the clients that trained from that round's global), so that ``supermask
+    report <mask run> --compare <run_dir>`` draws the baseline on the accuracy-against-bytes axes."""
+    rows = []
+    for rnd, metrics in enumerate(history):
+        row = {"round": rnd, **metrics}
+        if rnd < len(uploads):
+            row.update(upload_bytes=uploads[rnd], upload_clients=clients)
+        rows.append(json.dumps(row, sort_keys=True) + "\n")
+    storage.write_text_atomic(storage.join(run_dir, "metrics.jsonl"), "".join(rows), force=True)
 
 
 def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> dict:

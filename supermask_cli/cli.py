@@ -292,7 +292,7 @@ def export(
 @user_errors
 def report(
     run_dir: Annotated[str, typer.Argument(help="A run directory.")],
-    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Other run directories to overlay (repeatable).")] = None,
+    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Other run directories to overlay (repeatable); a directory holding only a metrics.jsonl (a baseline, e.g. FedAvg from benchmarks/accuracy.py) works too.")] = None,
     out_path: Annotated[Optional[str], typer.Option("--out", help="Picture path (default: RUN_DIR/report.png).")] = None,
 ) -> None:
     """Print a run's per-round table and write report.png (metric, loss, upload size, final densities,

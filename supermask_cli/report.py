@@ -1,9 +1,13 @@
 """``supermask report``: a run's per-round table and a picture (metric, loss, upload size, final
 densities, metric against cumulative uploaded bytes). A directory of ``seed_*`` runs (``supermask
-run --seeds``) is reported as each round's mean ± standard deviation over the seeds."""
+run --seeds``) is reported as each round's mean ± standard deviation over the seeds. A directory
+that holds only a ``metrics.jsonl`` (a baseline outside the mask format, e.g. FedAvg of full
+fine-tuning written by ``benchmarks/accuracy.py``) is reported from those rows, so ``--compare``
+puts it on the same accuracy-against-bytes axes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,24 @@ def with_cumulative_upload(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def metrics_log_rows(path: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (one JSON object per round, each with ``round``), by round."""
+    rows = []
+    for number, line in enumerate(storage.read_bytes(path, 1 << 24, what="metrics log").decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SupermaskError(f"{path}:{number}: not a JSON object ({exc.msg}); each line is one round's metrics") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise SupermaskError(f"{path}:{number}: each line must be a JSON object with an integer 'round'")
+        rows.append(row)
+    if not rows:
+        raise SupermaskError(f"{path}: no rounds in the metrics log")
+    return sorted(rows, key=lambda r: r["round"])
+
+
 def load_history(run_dir: str) -> RunHistory:
     """Per-round metrics and upload statistics of a run directory, or of its ``seed_*`` runs merged."""
     layout = Layout(run_dir)
@@ -54,8 +76,12 @@ def load_history(run_dir: str) -> RunHistory:
             final_densities={n: sum(r.final_densities[n] for r in runs) / len(runs) for n in names},
             seeds=len(runs),
         )
+    if not rounds and storage.exists(layout.metrics_log):
+        return RunHistory(run_dir=run_dir, rows=with_cumulative_upload(metrics_log_rows(layout.metrics_log)),
+                          final_densities={})
     if not rounds:
-        raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors nor seed_* runs; is it a run directory?")
+        raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors, seed_* runs nor metrics.jsonl; "
+                             "is it a run directory?")
     rows = round_rows(layout)
     if not rows:
         raise SupermaskError(f"'{run_dir}' has no metrics.json yet; run `supermask eval` or `supermask run`")
@@ -121,7 +147,8 @@ def plot(histories: list[RunHistory], path: str) -> None:
         ax.grid(alpha=0.3)
         if ax not in (ax_density, ax_bytes):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     buffer = __import__("io").BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

@@ -20,16 +20,32 @@ def test_report_writes_picture_and_table(tiny_config, tmp_path):
         result = runner.invoke(app, ["run", "--config", str(path)])
         assert result.exit_code == 0, result.output
         run_dirs.append(yaml.safe_load(path.read_text())["run_dir"])
+    # a baseline outside the mask format: only a metrics.jsonl (as benchmarks/accuracy.py writes for FedAvg)
+    baseline = tmp_path / "fedavg_full"
+    baseline.mkdir()
+    rows = [{"round": 1, "accuracy": 0.75, "loss": 0.5}, {"round": 0, "accuracy": 0.5, "loss": 0.69, "upload_bytes": 4096}]
+    (baseline / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     # Execute
-    result = runner.invoke(app, ["report", run_dirs[0], "--compare", run_dirs[1]])
+    result = runner.invoke(app, ["report", run_dirs[0], "--compare", run_dirs[1], "--compare", str(baseline)])
 
-    # Assert: a PNG with both runs, and a row per evaluated round in each table
+    # Assert: a PNG with all runs, and a row per evaluated round in each table
     assert result.exit_code == 0, result.output
     png = (tmp_path / "run_threshold" / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG")
-    assert result.output.count("accuracy") == 2
+    assert result.output.count("accuracy") == 3
     assert "bits_per_weight" in result.output
+    from supermask_cli.report import load_history
+
+    history = load_history(str(baseline))  # rows by round, bytes accumulated as for a mask run
+    assert [(r["round"], r["cumulative_upload_bytes"]) for r in history.rows] == [(0, 0), (1, 4096)]
+
+
+def test_report_names_the_line_of_a_broken_metrics_log(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0, "accuracy": 0.5}\n{"round": 1, "accur\n')
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'metrics.jsonl'}:2: not a JSON object" in result.output
 
 
 def test_report_on_a_non_run_directory_is_a_user_error(tmp_path):
