@@ -70,6 +70,7 @@ class FederationConfig(_Section):
     min_clients: int = Field(1, ge=1)
     max_client_examples: int = Field(10_000_000, ge=1)
     server_lr: float = Field(1.0, gt=0.0, le=10.0)
+    server_head_lr: float | None = Field(None, gt=0.0, le=10.0)  # null: server_lr for the head too
     server_optimizer: Literal["sgd", "momentum", "adam", "yogi"] = "sgd"
     server_betas: tuple[float, float] = (0.9, 0.99)  # momentum uses the first
     server_tau: float = Field(1e-3, gt=0.0)  # adam/yogi: step = lr * m / (sqrt(v) + tau)
@@ -167,6 +168,8 @@ def config_digest(cfg: Config) -> str:
     contract = {key: dumped[key] for key in CONTRACT_KEYS}
     if cfg.privacy.mode == "none":
         del contract["privacy"]
+    if contract["federation"]["server_head_lr"] is None:  # added later: older runs keep their digest
+        del contract["federation"]["server_head_lr"]
     contract["mask"] = {k: v for k, v in contract["mask"].items() if k not in ("eval", "encoding")}
     contract["labels"] = {k: dumped["data"][k] for k in ("text_fields", "label_field", "label_names", "regression")}
     blob = json.dumps(contract, sort_keys=True, separators=(",", ":")).encode()

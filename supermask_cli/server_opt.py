@@ -18,6 +18,10 @@ With x the previous global in score space, per coordinate (no bias correction, a
 ``yogi``    m as adam;  v = v − (1−β₂)·Δ²·sign(v − Δ²);  x + η·m / (√v + τ)
 ==========  ====================================================================================
 
+``head_lr`` (``federation.server_head_lr``) steps ``head/*`` at its own rate: adam and yogi move
+every coordinate by about η on their first steps, and a rate that lets logits move (≈0.1–1) would
+throw a fresh classifier around, while one that suits the head (≈1e-2) freezes the masks.
+
 m and v start at zero. They live in the global file as ``opt_m/<global key>`` and
 ``opt_v/<global key>`` (float32, the tensor's shape) so that the next ``aggregate``, in another
 process or on another machine, continues from them.
@@ -42,6 +46,7 @@ class ServerOptimizer:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    head_lr: float | None = None  # None: ``lr``
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -50,13 +55,18 @@ class ServerOptimizer:
     @property
     def is_identity(self) -> bool:
         """Plain averaging: the reduced value becomes the global unchanged."""
-        return self.name == "sgd" and self.lr == 1.0
+        return self.name == "sgd" and self.lr == 1.0 and self.head_lr in (None, 1.0)
+
+    def rate(self, global_key: str) -> float:
+        """The learning rate of one global tensor: ``head_lr`` for ``head/*`` when set, else ``lr``."""
+        return self.head_lr if self.head_lr is not None and global_key.startswith("head/") else self.lr
 
 
 def from_config(federation) -> ServerOptimizer:
     """The server optimizer of a ``federation`` config section."""
     beta1, beta2 = federation.server_betas
-    return ServerOptimizer(federation.server_optimizer, federation.server_lr, beta1, beta2, federation.server_tau)
+    return ServerOptimizer(federation.server_optimizer, federation.server_lr, beta1, beta2, federation.server_tau,
+                           federation.server_head_lr)
 
 
 def state_groups(name: str) -> tuple[str, ...]:
@@ -84,16 +94,18 @@ def from_scores(global_key: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def update(
-    opt: ServerOptimizer, delta: torch.Tensor, m: torch.Tensor | None, v: torch.Tensor | None
+    opt: ServerOptimizer, delta: torch.Tensor, m: torch.Tensor | None, v: torch.Tensor | None, lr: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One optimizer step on a pseudo-gradient Δ: (step added to x, new m, new v); None = no state."""
+    """One optimizer step on a pseudo-gradient Δ: (step added to x, new m, new v); None = no state.
+    ``lr`` overrides ``opt.lr`` (the tensor's rate, :meth:`ServerOptimizer.rate`)."""
     delta = delta.double()
+    lr = opt.lr if lr is None else lr
     if opt.name == "sgd":
-        return opt.lr * delta, None, None
+        return lr * delta, None, None
     m = torch.zeros_like(delta) if m is None else m.double()
     if opt.name == "momentum":
         m = opt.beta1 * m + delta
-        return opt.lr * m, m, None
+        return lr * m, m, None
     m = opt.beta1 * m + (1 - opt.beta1) * delta
     v = torch.zeros_like(delta) if v is None else v.double()
     square = delta * delta
@@ -101,7 +113,7 @@ def update(
         v = opt.beta2 * v + (1 - opt.beta2) * square
     else:
         v = v - (1 - opt.beta2) * square * torch.sign(v - square)
-    return opt.lr * m / (v.sqrt() + opt.tau), m, v
+    return lr * m / (v.sqrt() + opt.tau), m, v
 
 
 def server_step(
@@ -126,7 +138,8 @@ def server_step(
             out[key] = value
             continue
         x = to_scores(gkey, previous[gkey])
-        step, m, v = update(opt, to_scores(gkey, value) - x, previous.get(f"opt_m/{gkey}"), previous.get(f"opt_v/{gkey}"))
+        step, m, v = update(opt, to_scores(gkey, value) - x, previous.get(f"opt_m/{gkey}"), previous.get(f"opt_v/{gkey}"),
+                            opt.rate(gkey))
         out[key] = from_scores(gkey, x + step)
         if m is not None:
             state[f"opt_m/{gkey}"] = m.float()

@@ -104,6 +104,32 @@ def test_bernoulli_steps_in_logit_space():
     _close(half["mask/a"][1], 1 / (1 + math.exp(-logit_max / 2)))
 
 
+def test_server_head_lr_steps_the_head_at_its_own_rate():
+    # adam, tau 0, fresh state: the first step is rate * sign(Δ) on every coordinate
+    reduced = {"mask/a": _t([1 / (1 + math.exp(-1.0))]), "head/h": _t([1.0, -1.0])}
+    previous = {"probs/a": _t([0.5]), "head/h": _t([0.0, 0.0])}
+    opt = ServerOptimizer("adam", lr=0.5, beta1=0.9, beta2=0.99, tau=0.0, head_lr=0.01)
+    out, _ = agg.server_step(reduced, previous, "bernoulli", opt)
+    _close(out["mask/a"], [1 / (1 + math.exp(-0.5))])  # score 0 + 0.5
+    _close(out["head/h"], [0.01, -0.01])
+    assert not ServerOptimizer("sgd", lr=1.0, head_lr=0.5).is_identity
+    assert ServerOptimizer("sgd", lr=1.0, head_lr=1.0).is_identity
+
+
+def test_server_head_lr_comes_from_the_config_and_stays_out_of_older_digests():
+    from supermask_cli.config import config_digest, config_from_dict
+
+    raw = {"run_dir": "r", "model": {"name": "m"}, "federation": {"server_optimizer": "adam", "server_lr": 0.3}}
+    plain = config_from_dict(raw, "c.yaml")
+    assert server_opt.from_config(plain.federation).head_lr is None
+    split = config_from_dict({**raw, "federation": {**raw["federation"], "server_head_lr": 0.01}}, "c.yaml")
+    assert server_opt.from_config(split.federation).rate("head/h") == 0.01
+    assert server_opt.from_config(split.federation).rate("probs/a") == 0.3
+    assert config_digest(plain) != config_digest(split)
+    # the digest this config had before server_head_lr existed: unset, the key stays out of it
+    assert config_digest(plain) == "cdc44f67a01149f1fa6c97f13d2cf3fea2716b88553368f7b9d9b0c177a153b0"
+
+
 def test_threshold_votes_pass_through_and_only_the_head_keeps_state():
     reduced = {"mask/a": _t([0.4, 0.6]), "head/h": _t([2.0])}
     previous = {"mask/a": torch.tensor([True, False]), "head/h": _t([1.0])}
