@@ -139,6 +139,10 @@ def plot(histories: list[RunHistory], path: str) -> None:
     ax_metric.set(title=f"eval {metric} per round", xlabel="round", ylabel=metric)
     ax_loss.set(title="eval loss per round", xlabel="round", ylabel="loss")
     ax_bytes.set(title=f"eval {metric} against uploads", xlabel="cumulative client upload (bytes)", ylabel=metric)
+    sent = [r.get("cumulative_upload_bytes") or 0 for h in histories for r in h.rows]
+    positive = [b for b in sent if b > 0]
+    if positive and max(positive) > 100 * min(positive):  # masks against float uploads: orders of magnitude apart
+        ax_bytes.set_xscale("symlog", linthresh=min(positive))
     ax_upload.set(title="mean client upload per round", xlabel="round", ylabel="bits per masked weight")
     ax_density.set(title="final global density per target module", xlabel="target module (model order)", ylabel="density")
     for ax in axes.flat:

@@ -52,7 +52,7 @@ def preferred_encoding(bits: dict[str, int]) -> str:
     return min(bits, key=bits.__getitem__)
 
 
-def _choose_encoding(
+def choose_encoding(
     meta: FileMeta, tensors: dict[str, torch.Tensor], gl: Checkpoint, requested: str
 ) -> tuple[FileMeta, dict[str, torch.Tensor]]:
     """Encode the upload as ``requested``; ``auto`` tries AUTO_ENCODINGS and keeps the `preferred_encoding` one."""
@@ -151,7 +151,7 @@ def train_client(
             "created_by": f"supermask {__version__}",
         }
     )
-    meta, stored = _choose_encoding(meta, tensors, gl, cfg.mask.encoding)
+    meta, stored = choose_encoding(meta, tensors, gl, cfg.mask.encoding)
     data_bytes = checkpoint.serialize(meta, stored)
     storage.write_atomic(path, data_bytes, force=force)
     masks = [v for k, v in tensors.items() if k.startswith("mask/")]
