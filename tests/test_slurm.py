@@ -6,7 +6,6 @@ and then fail, never skip, when Slurm does not answer."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +24,6 @@ from conftest import tiny_config_dict
 REPO = Path(__file__).resolve().parents[1]
 SLURM_TESTS = os.environ.get("SUPERMASK_SLURM_TESTS") == "1"
 CHAIN_TIMEOUT_S = 900  # one whole chain on a loaded 2-core machine
-HAS_PARTICIPANTS_FILE = importlib.util.find_spec("supermask_cli.steps.participants") is not None
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -289,7 +287,6 @@ def test_cancelled_client_does_not_stop_an_afterany_chain(slurm, tiny_model, tin
     assert (run_dir / "round_002" / "metrics.json").is_file()
 
 
-@pytest.mark.skipif(not HAS_PARTICIPANTS_FILE, reason="needs participants.json from init/aggregate (steps/participants.py)")
 def test_sampled_clients_match_run(slurm, tiny_model, tiny_data, tmp_path):
     # Prepare: 2 of 5 clients per round
     config = write_config(tmp_path, "sampled", tiny_model, tiny_data, num_clients=5, clients_per_round=2, rounds=2)
