@@ -5,8 +5,8 @@ For a linear layer with W_eff = W ⊙ m, example i's dL/dW_eff = Σ_t g_it x_it�
 positions); the straight-through estimators then give dL/dscores_i = that ⊙ W (``threshold``),
 times sigmoid'(scores) (``bernoulli``), as ``mask.functions`` does for the batch. For
 y = (Wx + b) ⊙ v (``scaling``): dL/dv_i = Σ_t g_it ⊙ (W x_it + b). Heads: dL/dW_i = Σ_t g_it x_itᵀ,
-dL/db_i = Σ_t g_it. Memory: one layer's (batch × weights) floats at a time, twice per step
-(norms, then the clipped sum).
+dL/db_i = Σ_t g_it. Memory: one layer's (batch × weights) floats at a time, for the norms; the
+clipped sum is one weighted matmul per layer (see ``PerExampleGrads.weighted_sums``).
 """
 
 from __future__ import annotations
@@ -104,11 +104,19 @@ class PerExampleGrads:
         return total
 
     def weighted_sums(self, factors: torch.Tensor, count: int) -> dict[nn.Parameter, torch.Tensor]:
-        """Σ_i factors_i g_i per tensor (recomputed module by module), then forget the batch."""
+        """Σ_i factors_i g_i per tensor, then forget the batch.
+
+        Every per-example gradient above is linear in the output gradient g_i, with factors that do
+        not depend on i (W, sigmoid'(scores), the pre-activation), so Σ_i f_i g_i is the gradient of
+        one "example" whose positions are all (i, t), with output gradient f_i g_it: one matmul per
+        module instead of materialising the batch's per-example gradients a second time."""
         totals = {}
         for module in self.modules.values():
-            grads = per_example_grads(module, self.inputs[module], self.outgrads[module] * count)
-            totals.update({p: torch.einsum("b...,b->...", g, factors) for p, g in grads.items()})
+            x, g = self.inputs[module], self.outgrads[module] * count
+            scale = factors.to(g.device, g.dtype).reshape(-1, *([1] * (g.dim() - 1)))
+            merged_x = x.reshape(1, -1, x.shape[-1])
+            merged_g = (g * scale).reshape(1, -1, g.shape[-1])
+            totals.update({p: grad[0] for p, grad in per_example_grads(module, merged_x, merged_g).items()})
         self.inputs.clear()
         self.outgrads.clear()
         return totals
