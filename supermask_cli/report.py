@@ -134,7 +134,8 @@ def plot(histories: list[RunHistory], path: str) -> None:
             ax_eps.plot([e[0] for e in eps], [e[1] for e in eps], linestyle="--", marker="x", label=f"{label} ε")
             ax_eps.set_ylabel("ε (cumulative, dashed)")
         names = list(h.final_densities)
-        ax_density.plot(range(len(names)), [h.final_densities[n] for n in names], marker=".", label=label)
+        if names:  # a metrics-log-only baseline has no global to read densities from
+            ax_density.plot(range(len(names)), [h.final_densities[n] for n in names], marker=".", label=label)
     metric = histories[0].metric
     ax_metric.set(title=f"eval {metric} per round", xlabel="round", ylabel=metric)
     ax_loss.set(title="eval loss per round", xlabel="round", ylabel="loss")
