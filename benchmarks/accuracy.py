@@ -34,9 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from supermask_cli import steps as api  # noqa: E402
-from supermask_cli import storage  # noqa: E402
 from supermask_cli.config import Config, load_config  # noqa: E402
 from supermask_cli.evaluate import evaluate_model  # noqa: E402
+from supermask_cli.layout import Layout  # noqa: E402
+from supermask_cli.steps.runlog import write_metrics_rows  # noqa: E402
 from supermask_cli.train import batch_order, encode_batch, linear_schedule, resolve_device  # noqa: E402
 
 # Score learning rates and settings per kind from the centralized probe (DESIGN §7 / README).
@@ -129,8 +130,8 @@ def write_metrics_log(run_dir: str, history: list[dict], uploads: list[int], cli
         row = {"round": rnd, **metrics}
         if rnd < len(uploads):
             row.update(upload_bytes=uploads[rnd], upload_clients=clients)
-        rows.append(json.dumps(row, sort_keys=True) + "\n")
-    storage.write_text_atomic(storage.join(run_dir, "metrics.jsonl"), "".join(rows), force=True)
+        rows.append(row)
+    write_metrics_rows(Layout(run_dir), rows)
 
 
 def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> dict:

@@ -17,8 +17,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from supermask_cli import checkpoint, report, storage  # noqa: E402
+from supermask_cli import checkpoint, storage  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
+from supermask_cli.steps.runlog import read_metrics_rows, write_metrics_rows  # noqa: E402
 from supermask_cli.steps.training import choose_encoding  # noqa: E402
 
 
@@ -42,23 +43,23 @@ def main() -> None:
         for path in files:
             ckpt = checkpoint.load_checkpoint(path, reference=gl)
             meta, tensors = choose_encoding(ckpt.meta, ckpt.tensors, gl, args.encoding)
-            again = checkpoint.loads(checkpoint.serialize(meta, tensors), path, reference=gl)
+            data = checkpoint.serialize(meta, tensors)
+            again = checkpoint.loads(data, path, reference=gl)
             for key, value in ckpt.tensors.items():  # lossless, or this number means nothing
                 assert again.tensors[key].equal(value), f"{path}: {key} changed under {meta.encoding}"
             fs, local = storage.filesystem(path)
             stored += fs.size(local)
-            reencoded += len(checkpoint.serialize(meta, tensors))
+            reencoded += len(data)
             encodings[meta.encoding] = encodings.get(meta.encoding, 0) + 1
         rounds.append({"round": rnd, "clients": len(files), "stored_bytes": stored, "reencoded_bytes": reencoded,
                        "encodings": encodings})
     if args.write_metrics:
         sizes = {r["round"]: r["reencoded_bytes"] for r in rounds}
         rows = [{**row, "upload_bytes": sizes[row["round"]]} if row["round"] in sizes else row
-                for row in report.metrics_log_rows(layout.metrics_log)]
+                for row in read_metrics_rows(layout)]
         for row in rows:
             row.pop("bits_per_weight", None)  # of the stored encoding; the bytes above are the re-encoded ones
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        storage.write_text_atomic(storage.join(args.write_metrics, "metrics.jsonl"), text, force=True)
+        write_metrics_rows(Layout(args.write_metrics), rows)
     print(json.dumps({"run_dir": args.run_dir, "encoding": args.encoding, "rounds": rounds,
                       "total_stored_bytes": sum(r["stored_bytes"] for r in rounds),
                       "total_reencoded_bytes": sum(r["reencoded_bytes"] for r in rounds)}, indent=2))

@@ -7,14 +7,13 @@ puts it on the same accuracy-against-bytes axes."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from . import checkpoint, seeds, storage
 from .errors import SupermaskError
 from .layout import Layout
-from .steps.runlog import round_rows
+from .steps.runlog import read_metrics_rows, round_rows
 
 MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
 
@@ -45,24 +44,6 @@ def with_cumulative_upload(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def metrics_log_rows(path: str) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (one JSON object per round, each with ``round``), by round."""
-    rows = []
-    for number, line in enumerate(storage.read_bytes(path, 1 << 24, what="metrics log").decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SupermaskError(f"{path}:{number}: not a JSON object ({exc.msg}); each line is one round's metrics") from None
-        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
-            raise SupermaskError(f"{path}:{number}: each line must be a JSON object with an integer 'round'")
-        rows.append(row)
-    if not rows:
-        raise SupermaskError(f"{path}: no rounds in the metrics log")
-    return sorted(rows, key=lambda r: r["round"])
-
-
 def load_history(run_dir: str) -> RunHistory:
     """Per-round metrics and upload statistics of a run directory, or of its ``seed_*`` runs merged."""
     layout = Layout(run_dir)
@@ -77,7 +58,7 @@ def load_history(run_dir: str) -> RunHistory:
             seeds=len(runs),
         )
     if not rounds and storage.exists(layout.metrics_log):
-        return RunHistory(run_dir=run_dir, rows=with_cumulative_upload(metrics_log_rows(layout.metrics_log)),
+        return RunHistory(run_dir=run_dir, rows=with_cumulative_upload(read_metrics_rows(layout)),
                           final_densities={})
     if not rounds:
         raise SupermaskError(f"'{run_dir}' holds no round_*/global.safetensors, seed_* runs nor metrics.jsonl; "

@@ -47,15 +47,21 @@ def _grads_of(model, params, batch, seed):
     return [p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("kind", ["bernoulli", "threshold", "scaling"])
-def test_per_example_gradients_match_a_loop_over_single_examples(tiny_model, kind):
+def _per_example_of_texts(tiny_model, kind: str, seed: int):
+    """A masked tiny model, the labelled batch of TEXTS, and its per-example gradients by hooks."""
     base, params = _masked_model(tiny_model, kind)
     batch = base.tokenizer(TEXTS, padding=True, return_tensors="pt")
     batch["labels"] = torch.tensor([1, 0, 1, 1, 0])
     hooks = PerExampleGrads(base.model)
-    _grads_of(base.model, params, batch, seed=7)
+    _grads_of(base.model, params, batch, seed=seed)
     computed = hooks.per_example(len(TEXTS))
     hooks.close()
+    return base, params, batch, computed
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "threshold", "scaling"])
+def test_per_example_gradients_match_a_loop_over_single_examples(tiny_model, kind):
+    base, params, batch, computed = _per_example_of_texts(tiny_model, kind, seed=7)
     assert set(computed) == set(params)
     for i, text in enumerate(TEXTS):
         single = base.tokenizer([text], return_tensors="pt")
@@ -72,13 +78,7 @@ def test_per_example_gradients_refuse_a_non_linear_trainable_module(tiny_model):
 
 
 def test_private_step_clips_every_example_and_divides_by_the_batch(tiny_model):
-    base, params = _masked_model(tiny_model, "bernoulli")
-    batch = base.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    batch["labels"] = torch.tensor([1, 0, 1, 1, 0])
-    probe = PerExampleGrads(base.model)
-    _grads_of(base.model, params, batch, seed=3)
-    per_example = probe.per_example(len(TEXTS))
-    probe.close()
+    base, params, batch, per_example = _per_example_of_texts(tiny_model, "bernoulli", seed=3)
     norms = torch.stack([per_example[p].flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()
     clip = float(norms.median())  # some examples above the bound, some below
     assert (norms > clip).any() and (norms < clip).any()

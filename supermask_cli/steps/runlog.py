@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import checkpoint, storage
 from ..checkpoint import ClientRecord, DroppedRecord, FileMeta
+from ..errors import SupermaskError
 from ..layout import Layout
 
 
@@ -73,9 +74,33 @@ def round_rows(layout: Layout) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics_log(layout: Layout) -> list[dict[str, Any]]:
-    """Rebuild ``metrics.jsonl`` from :func:`round_rows` (a derived file, rewritten whole)."""
-    rows = round_rows(layout)
+def write_metrics_rows(layout: Layout, rows: list[dict[str, Any]]) -> None:
+    """Write ``metrics.jsonl``: one JSON object per round (a derived file, rewritten whole)."""
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     storage.write_text_atomic(layout.metrics_log, text, force=True)
+
+
+def read_metrics_rows(layout: Layout) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` (one JSON object per round, each with ``round``), by round."""
+    path = layout.metrics_log
+    rows = []
+    for number, line in enumerate(storage.read_bytes(path, 1 << 24, what="metrics log").decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SupermaskError(f"{path}:{number}: not a JSON object ({exc.msg}); each line is one round's metrics") from None
+        if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            raise SupermaskError(f"{path}:{number}: each line must be a JSON object with an integer 'round'")
+        rows.append(row)
+    if not rows:
+        raise SupermaskError(f"{path}: no rounds in the metrics log")
+    return sorted(rows, key=lambda r: r["round"])
+
+
+def write_metrics_log(layout: Layout) -> list[dict[str, Any]]:
+    """Rebuild ``metrics.jsonl`` from :func:`round_rows`."""
+    rows = round_rows(layout)
+    write_metrics_rows(layout, rows)
     return rows
