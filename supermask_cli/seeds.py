@@ -68,7 +68,9 @@ def merge_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             values = [row.get(key) for row in rows]
             if key == "round" or not all(_is_number(v) for v in values):
                 continue
-            out[key], out[f"{key}_std"] = mean_std([float(v) for v in values])
+            mean, out[f"{key}_std"] = mean_std([float(v) for v in values])
+            # counts (bytes, examples) stay integers when their mean is one, so tables print 0 not 0.0000
+            out[key] = int(mean) if all(isinstance(v, int) for v in values) and mean.is_integer() else mean
         merged.append(out)
     return merged
 

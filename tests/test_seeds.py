@@ -44,6 +44,15 @@ def test_merge_rows_keeps_rounds_every_seed_reached():
     assert "note" not in merged[0]  # non-numbers are dropped, not averaged
 
 
+def test_merge_rows_keeps_integer_counts_integer_when_their_mean_is_whole():
+    a = [{"round": 0, "upload_bytes": 0, "examples": 3, "accuracy": 1.0}]
+    b = [{"round": 0, "upload_bytes": 0, "examples": 4, "accuracy": 1.0}]
+    row = seeds.merge_rows([a, b])[0]
+    assert row["upload_bytes"] == 0 and isinstance(row["upload_bytes"], int)
+    assert row["examples"] == 3.5  # a fractional mean of counts stays a float
+    assert isinstance(row["accuracy"], float)  # floats stay floats even when whole
+
+
 def test_cumulative_upload_counts_bytes_sent_before_each_global():
     rows = [{"round": 0, "upload_bytes": 10}, {"round": 1, "upload_bytes": 5}, {"round": 2}]
     assert [r["cumulative_upload_bytes"] for r in report.with_cumulative_upload(rows)] == [0, 10, 15]

@@ -60,6 +60,24 @@ def test_masks_travel_as_a_delta_far_below_the_full_file_and_scaling_falls_back(
     assert table[1]["download_bytes"] == len(d.data) and table[1]["download_bits_per_weight"] > 0
 
 
+def test_a_round_s_delta_is_rebuilt_once_per_process_until_a_file_changes(tiny_config, monkeypatch):
+    cfg, layout = _run(tiny_config, "bernoulli", {})
+    transport._VERIFIED.clear()
+    calls = []
+    real = transport.apply_delta
+    monkeypatch.setattr(transport, "apply_delta", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = transport.download(cfg, layout, 1)
+    second = transport.download(cfg, layout, 1)  # e.g. evaluate's download_metrics, then the launcher's send
+    assert first.is_delta and second.data == first.data and len(calls) == 1
+    other = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"server_lr": 2.0})})
+    assert transport.download(other, layout, 1).is_delta is False and len(calls) == 2  # other settings: checked again
+    client = layout.client_files(0)[0]
+    data = bytearray(open(client, "rb").read())
+    data[-1] ^= 1  # the upload changed since aggregation: its digest no longer matches, no delta
+    open(client, "wb").write(bytes(data))
+    assert transport.download(cfg, layout, 1).is_delta is False
+
+
 def test_scaling_uploads_are_as_large_as_the_global_so_the_full_file_is_fetched(tiny_config):
     cfg, layout = _run(tiny_config, "scaling", {})
     d = transport.download(cfg, layout, 1)
