@@ -10,7 +10,8 @@ a. ``step``: seconds per training step at ``--batch-size`` / ``--max-length`` (p
    - ``mask_<kind>``: the product's step (``train.train_masks``: MaskedLinear from a global made
      by ``steps.init``, Adam on scores + AdamW on the head, LR schedule, grad clipping);
      with the product's default ``train.dropout`` (off for bernoulli); ``mask_<kind>_dropout``
-     (``--mask-dropout``): the same with the model's dropout on,
+     (``--mask-dropout``): the same with the model's dropout on; ``mask_<kind>_compiled``
+     (``--compile``): the same with ``train.compile`` (compiled in the untimed warmup step),
    - ``full``: full fine-tuning of the plain HF model (AdamW lr 5e-5 on every parameter, torch's
      default implementation, clipping at 1.0); ``full_fused``: the same with ``fused=True``,
    - ``frozen``: the floor, the plain model frozen except the head, forward + backward, no optimizer.
@@ -33,6 +34,7 @@ torch's default threads a step is dominated by the number of full-size ops, not 
     python benchmarks/speed_memory.py --kind bernoulli --steps 2 --reps 10 --threads 1 --skip eval memory
     python benchmarks/speed_memory.py --device cuda --precision bf16 --steps 5 --reps 10 --eval-reps 20
     python benchmarks/speed_memory.py --kind bernoulli --steps 4 --reps 5 --skip eval memory --profile 12
+    python benchmarks/speed_memory.py --device cuda --precision bf16 --compile --steps 5 --reps 10 --skip eval
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ def mask_stepper(cfg, global_path: str, total_steps: int):
     model.train()
     if hasattr(train, "use_dropout") and not train.use_dropout(cfg.train.dropout, cfg.mask.kind):
         train.disable_dropout(model)
+    for layer in layers.values():  # train.compile, as train.train_masks sets it
+        layer.compiled = getattr(cfg.train, "compile", False)
 
     def step(batch: dict) -> float:
         with autocast(device, cfg.train.precision):
@@ -381,6 +385,8 @@ def main() -> None:
     parser.add_argument("--no-full-fused", action="store_true", help="skip full fine-tuning with fused AdamW")
     parser.add_argument("--mask-dropout", action="store_true",
                         help="also time each mask kind with the model's dropout on (mask_<kind>_dropout)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time mask_<kind>_compiled: the product's step with train.compile on")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list each method's N costliest ops (self CPU ms per step, torch.profiler)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["step", "eval", "memory"])
@@ -443,6 +449,10 @@ def main() -> None:
                 for k in kinds:
                     cfg = cfgs[k].model_copy(update={"train": cfgs[k].train.model_copy(update={"dropout": True})})
                     funcs[f"mask_{k}_dropout"] = mask_stepper(cfg, paths[k], n + 10)
+            if args.compile:  # compiled once in interleaved's warmup call, which is not timed
+                for k in kinds:
+                    cfg = cfgs[k].model_copy(update={"train": cfgs[k].train.model_copy(update={"compile": True})})
+                    funcs[f"mask_{k}_compiled"] = mask_stepper(cfg, paths[k], n + 10)
             funcs["full"] = full_stepper(device, args.precision)
             if not args.no_full_fused:
                 funcs["full_fused"] = full_stepper(device, args.precision, fused=True)

@@ -95,6 +95,7 @@ class TrainConfig(_Section):
     head_weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     dropout: bool | None = None  # null: train.use_dropout decides by mask kind
+    compile: bool = False  # torch.compile the masked weights (fused sample/threshold, W * m, STE)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 

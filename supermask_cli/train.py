@@ -35,6 +35,7 @@ class TrainSettings:
     max_length: int
     seed: int
     dropout: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -175,6 +176,8 @@ def train_masks(
     model.train()
     if not settings.dropout:
         disable_dropout(model)
+    for layer in layers.values():
+        layer.compiled = settings.compile and layer.kind != "scaling"
     losses: list[float] = []
     with step_progress(description, steps) as bar:
         for indices in batches:

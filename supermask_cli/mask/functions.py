@@ -16,6 +16,9 @@ temporaries: no float mask kept for backward, the cast and the sigmoid' scaling 
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 
 # Global bernoulli probabilities are clamped into [PROB_EPS, 1 - PROB_EPS] after aggregation so
@@ -113,6 +116,17 @@ def threshold_masked_weight(weight: torch.Tensor, scores: torch.Tensor, tau: flo
     """``weight * threshold_mask(scores, tau)`` as one autograd node (same values and gradients);
     ``private_grad`` as in ``bernoulli_masked_weight``."""
     return _ThresholdMaskedWeight.apply(weight, scores, tau, private_grad)
+
+
+@functools.cache
+def compiled_masked_weight(kind: str) -> Callable[..., torch.Tensor]:
+    """``bernoulli_masked_weight`` / ``threshold_masked_weight`` under ``torch.compile``
+    (``train.compile``): the sampling or comparison, W * m and the STE backward each become one
+    fused kernel instead of three passes over weight-sized tensors. Same estimator and gradients;
+    a compiled bernoulli mask draws its sample from inductor's random stream (same distribution,
+    other bits than eager). Compiled once per weight shape; the first step pays for it."""
+    eager = bernoulli_masked_weight if kind == "bernoulli" else threshold_masked_weight
+    return torch.compile(eager, dynamic=False)
 
 
 def sample_bernoulli_mask(scores: torch.Tensor) -> torch.Tensor:

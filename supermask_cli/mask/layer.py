@@ -35,6 +35,7 @@ class MaskedLinear(nn.Module):
         self.base = base
         self.kind = kind
         self.tau = tau
+        self.compiled = False  # train.compile: the training-time masked weight via torch.compile
         for p in base.parameters():
             p.requires_grad_(False)
         if kind == "scaling":
@@ -59,8 +60,10 @@ class MaskedLinear(nn.Module):
             return self.base.weight * torch.sigmoid(self.scores).to(self.base.weight.dtype)
         # The masked weight only feeds linear_forward's matmul: its gradient is private to us.
         if self.kind == "bernoulli":
-            return fn.bernoulli_masked_weight(self.base.weight, self.scores, private_grad=True)
-        return fn.threshold_masked_weight(self.base.weight, self.scores, self.tau, private_grad=True)
+            f = fn.compiled_masked_weight("bernoulli") if self.compiled else fn.bernoulli_masked_weight
+            return f(self.base.weight, self.scores, private_grad=True)
+        f = fn.compiled_masked_weight("threshold") if self.compiled else fn.threshold_masked_weight
+        return f(self.base.weight, self.scores, self.tau, private_grad=True)
 
 
 def bake(module: nn.Module, kind: str, value: torch.Tensor) -> None:

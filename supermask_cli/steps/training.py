@@ -88,6 +88,7 @@ def train_settings(cfg: Config, seed: int) -> TrainSettings:
         max_length=cfg.model.max_length,
         seed=seed,
         dropout=use_dropout(cfg.train.dropout, cfg.mask.kind),
+        compile=cfg.train.compile,
     )
 
 
