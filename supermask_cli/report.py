@@ -80,8 +80,26 @@ def table_rows(history: RunHistory) -> list[dict[str, Any]]:
     return [{k: row.get(k) for k in keys} for row in history.rows]
 
 
+EMPTY_NOTES = {  # why a panel stays empty: the runs hold nothing it could draw
+    "upload": "no bits per masked weight in these runs\n(metrics-log-only baselines upload float tensors)",
+    "density": "no final global to read densities from\n(metrics-log-only runs)",
+}
+
+
 def plot(histories: list[RunHistory], path: str) -> None:
-    """Write the report picture: metric and loss per round, upload size per round, final densities."""
+    """Write the report picture (see :func:`figure`) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(histories)
+    buffer = __import__("io").BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_atomic(path, buffer.getvalue(), force=True)
+
+
+def figure(histories: list[RunHistory]):
+    """The report picture: metric and loss per round, metric against cumulative uploaded bytes,
+    upload size per round, final densities; a panel no run has data for says so instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,15 +145,17 @@ def plot(histories: list[RunHistory], path: str) -> None:
         ax_bytes.set_xscale("symlog", linthresh=min(positive))
     ax_upload.set(title="mean client upload per round", xlabel="round", ylabel="bits per masked weight")
     ax_density.set(title="final global density per target module", xlabel="target module (model order)", ylabel="density")
+    for ax, note in ((ax_upload, EMPTY_NOTES["upload"]), (ax_density, EMPTY_NOTES["density"])):
+        if not ax.lines:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{ax.get_title()}:\n{note}", ha="center", va="center", transform=ax.transAxes,
+                    color="gray")
     for ax in axes.flat:
-        if ax is ax_spare:
+        if not ax.axison:
             continue
         ax.grid(alpha=0.3)
         if ax not in (ax_density, ax_bytes):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    buffer = __import__("io").BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    storage.write_atomic(path, buffer.getvalue(), force=True)
+    return fig

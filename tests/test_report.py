@@ -39,6 +39,13 @@ def test_report_writes_picture_and_table(tiny_config, tmp_path):
 
     history = load_history(str(baseline))  # rows by round, bytes accumulated as for a mask run
     assert [(r["round"], r["cumulative_upload_bytes"]) for r in history.rows] == [(0, 0), (1, 4096)]
+    from supermask_cli.report import figure
+
+    with_masks = figure([load_history(run_dirs[0]), history])  # the mask run fills every panel
+    assert [ax.axison for ax in with_masks.axes] == [True, True, True, True, True, False]  # last: spare
+    alone = figure([history])  # nothing for the upload and density panels: they say why instead
+    assert [ax.axison for ax in alone.axes] == [True, True, True, False, False, False]
+    assert "metrics-log-only" in alone.axes[3].texts[0].get_text()
 
 
 def test_report_names_the_line_of_a_broken_metrics_log(tmp_path):
