@@ -96,6 +96,7 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     dropout: bool | None = None  # null: train.use_dropout decides by mask kind
     compile: bool = False  # torch.compile the masked weights (fused sample/threshold, W * m, STE)
+    logit_adjust: float = Field(0.0, ge=0.0)  # tau: train on logits + tau * log(client's label prior); 0 = off
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
@@ -148,6 +149,9 @@ class Config(_Section):
     def _check_privacy(self) -> Config:
         if self.privacy.mode == "client" and self.federation.aggregator != "mean":
             raise ValueError("privacy.mode client bounds each client's share of a plain sum: federation.aggregator must be mean")
+        if self.privacy.mode == "example" and self.train.logit_adjust > 0:
+            raise ValueError("train.logit_adjust reads the client's label counts, which DP-SGD's accounting does not "
+                             "cover: set it to 0 with privacy.mode example")
         return self
 
     @model_validator(mode="after")

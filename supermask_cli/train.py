@@ -36,6 +36,7 @@ class TrainSettings:
     seed: int
     dropout: bool = True
     compile: bool = False
+    logit_adjust: float = 0.0
 
 
 @dataclass
@@ -139,6 +140,20 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def label_log_prior(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """log π_c of the client's labels, Laplace-smoothed ((count + 1) / (n + C)) so that a class the
+    client never saw gets a finite offset."""
+    counts = np.bincount(labels.astype(np.int64), minlength=num_labels)[:num_labels]
+    return torch.log(torch.as_tensor((counts + 1) / (counts.sum() + num_labels), dtype=torch.float32))
+
+
+def adjusted_loss(logits: torch.Tensor, labels: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Logit-adjusted cross-entropy (Menon et al. 2021): CE(logits + offset, y) with offset = τ log π.
+    The logits then estimate the class-balanced posterior whatever the client's label skew, so
+    clients with different priors train their heads towards the same target."""
+    return nn.functional.cross_entropy(logits.float() + offset.to(logits.device), labels)
+
+
 def train_masks(
     model: nn.Module,
     layers: dict[str, MaskedLinear],
@@ -169,6 +184,11 @@ def train_masks(
     if privacy is not None and amp == torch.float16:
         raise SupermaskError("privacy.mode example: train.precision fp16 (loss scaling) is not supported; use fp32 or bf16")
     dp = PrivateStep(model, mask_params + head_params, privacy, n, device) if privacy is not None else None
+    offset = None
+    if settings.logit_adjust > 0:
+        if examples.labels.dtype.kind == "f":
+            raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
+        offset = settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)
     if dp is not None and dp.privacy.poisson:
         batches = dp.poisson_batches(steps)
     else:
@@ -185,7 +205,11 @@ def train_masks(
             if len(indices):  # a Poisson batch may be empty: its gradient is noise alone
                 batch = encode_batch(tokenizer, examples, indices, settings.max_length, device)
                 with autocast(device, amp):
-                    loss = model(**batch).loss
+                    if offset is None:
+                        loss = model(**batch).loss
+                    else:
+                        labels = batch.pop("labels")
+                        loss = adjusted_loss(model(**batch).logits, labels, offset)
             if dp is not None:
                 dp.backward(loss, len(indices))
             else:

@@ -64,3 +64,72 @@ def test_train_client_passes_the_dropout_choice(tiny_config, monkeypatch, kind, 
     with pytest.raises(RuntimeError, match="stop after settings"):
         steps.train_client(cfg, 0)
     assert seen == [expected]
+
+
+def test_label_log_prior_is_laplace_smoothed_counts():
+    import numpy as np
+
+    from supermask_cli.train import label_log_prior
+
+    got = label_log_prior(np.array([0, 0, 0, 1]), 2)
+    torch.testing.assert_close(got, torch.log(torch.tensor([4 / 6, 2 / 6])))
+    unseen = label_log_prior(np.array([0, 0, 0, 1]), 3)  # a class the client never saw: finite
+    torch.testing.assert_close(unseen, torch.log(torch.tensor([4 / 7, 2 / 7, 1 / 7])))
+
+
+def test_logit_adjusted_head_learns_the_balanced_bias_under_label_skew():
+    # A bias-only head on a client whose labels are 90% class 0: plain cross-entropy learns the
+    # client's prior (b0 - b1 = log 9), the adjusted loss learns no preference (the balanced posterior).
+    import math
+
+    from supermask_cli.train import adjusted_loss
+
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    learned = {}
+    for name, shift in (("plain", torch.zeros(2)), ("adjusted", torch.log(torch.tensor([0.9, 0.1])))):
+        bias = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.LBFGS([bias], lr=1, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = adjusted_loss(bias.expand(len(labels), 2), labels, shift)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        learned[name] = float((bias[0] - bias[1]).detach())
+    assert learned["plain"] == pytest.approx(math.log(9), abs=1e-3)
+    assert learned["adjusted"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_train_client_adjusts_logits_by_its_own_label_prior(tiny_config, monkeypatch):
+    from supermask_cli import checkpoint, steps, train
+    from supermask_cli.config import load_config
+    from supermask_cli.layout import Layout
+
+    offsets, losses = [], []
+    real = train.adjusted_loss
+
+    def spy(logits, labels, offset):
+        offsets.append(offset.clone())
+        losses.append(real(logits, labels, offset))
+        return losses[-1]
+
+    monkeypatch.setattr(train, "adjusted_loss", spy)
+    cfg = load_config(str(tiny_config("bernoulli", train={"logit_adjust": 0.5})))
+    _, cfg = steps.init(cfg)
+    result = steps.train_client(cfg, 1)
+    meta = checkpoint.read_meta(Layout(cfg.run_dir).global_path(0))
+    examples = steps.client_examples(cfg, 1, meta.labels, meta.pool)
+    assert len(offsets) == result.steps  # every step's loss is the adjusted one
+    torch.testing.assert_close(offsets[0], 0.5 * train.label_log_prior(examples.labels, 2))
+
+
+def test_logit_adjust_is_refused_with_example_level_privacy(tiny_config):
+    from supermask_cli.config import load_config
+    from supermask_cli.errors import SupermaskError
+
+    path = tiny_config("bernoulli", train={"logit_adjust": 1.0},
+                       privacy={"mode": "example", "noise_multiplier": 1.0})
+    with pytest.raises(SupermaskError, match="train.logit_adjust reads the client's label counts"):
+        load_config(str(path))

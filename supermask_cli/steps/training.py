@@ -89,6 +89,7 @@ def train_settings(cfg: Config, seed: int) -> TrainSettings:
         seed=seed,
         dropout=use_dropout(cfg.train.dropout, cfg.mask.kind),
         compile=cfg.train.compile,
+        logit_adjust=cfg.train.logit_adjust,
     )
 
 
