@@ -169,6 +169,11 @@ def train_masks(
     """Train mask scores (Adam) and the head (AdamW): linear warmup, then linear decay or constant.
     With ``privacy``, each step's gradient is the DP-SGD one (``privacy.dpsgd``)."""
     n = len(examples)
+    offset = None
+    if settings.logit_adjust > 0:
+        if examples.labels.dtype.kind == "f":
+            raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
+        offset = settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)
     steps = planned_steps(n, settings.batch_size, settings.max_steps, settings.epochs)
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # bernoulli samples and dropout
@@ -184,11 +189,6 @@ def train_masks(
     if privacy is not None and amp == torch.float16:
         raise SupermaskError("privacy.mode example: train.precision fp16 (loss scaling) is not supported; use fp32 or bf16")
     dp = PrivateStep(model, mask_params + head_params, privacy, n, device) if privacy is not None else None
-    offset = None
-    if settings.logit_adjust > 0:
-        if examples.labels.dtype.kind == "f":
-            raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
-        offset = settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)
     if dp is not None and dp.privacy.poisson:
         batches = dp.poisson_batches(steps)
     else:

@@ -133,3 +133,18 @@ def test_logit_adjust_is_refused_with_example_level_privacy(tiny_config):
                        privacy={"mode": "example", "noise_multiplier": 1.0})
     with pytest.raises(SupermaskError, match="train.logit_adjust reads the client's label counts"):
         load_config(str(path))
+
+
+def test_logit_adjust_on_a_regression_task_is_a_user_error():
+    import numpy as np
+
+    from supermask_cli.data import Examples
+    from supermask_cli.errors import SupermaskError
+    from supermask_cli.train import TrainSettings, train_masks
+
+    settings = TrainSettings(batch_size=2, max_steps=1, epochs=1, lr=0.1, head_lr=0.01, warmup_ratio=0.0,
+                             schedule="constant", head_weight_decay=0.0, max_grad_norm=None, max_length=8, seed=0,
+                             logit_adjust=1.0)
+    scores = Examples(texts=[["a", "b"]], labels=np.array([0.5, 4.0], dtype=np.float32))
+    with pytest.raises(SupermaskError, match="needs class labels; this task is a regression"):
+        train_masks(None, {}, [], None, scores, settings, torch.device("cpu"), "fp32", "test")
