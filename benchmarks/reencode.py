@@ -38,7 +38,7 @@ def main() -> None:
         if not files:
             continue
         gl = checkpoint.load_checkpoint(layout.global_path(rnd))
-        stored = reencoded = 0
+        stored = reencoded = mask_bits = 0
         encodings: dict[str, int] = {}
         for path in files:
             ckpt = checkpoint.load_checkpoint(path, reference=gl)
@@ -50,15 +50,19 @@ def main() -> None:
             fs, local = storage.filesystem(path)
             stored += fs.size(local)
             reencoded += len(data)
+            mask_bits += meta.mask_bits
             encodings[meta.encoding] = encodings.get(meta.encoding, 0) + 1
         rounds.append({"round": rnd, "clients": len(files), "stored_bytes": stored, "reencoded_bytes": reencoded,
-                       "encodings": encodings})
+                       "bits_per_weight": mask_bits / len(files) / gl.meta.num_weights, "encodings": encodings})
     if args.write_metrics:
-        sizes = {r["round"]: r["reencoded_bytes"] for r in rounds}
-        rows = [{**row, "upload_bytes": sizes[row["round"]]} if row["round"] in sizes else row
-                for row in read_metrics_rows(layout)]
-        for row in rows:
-            row.pop("bits_per_weight", None)  # of the stored encoding; the bytes above are the re-encoded ones
+        by_round = {r["round"]: r for r in rounds}
+        rows = []
+        for row in read_metrics_rows(layout):  # the stored encoding's upload fields replaced by the re-encoded ones
+            row = {k: v for k, v in row.items() if k != "bits_per_weight"}
+            if row["round"] in by_round:
+                row.update(upload_bytes=by_round[row["round"]]["reencoded_bytes"],
+                           bits_per_weight=by_round[row["round"]]["bits_per_weight"])
+            rows.append(row)
         write_metrics_rows(Layout(args.write_metrics), rows)
     print(json.dumps({"run_dir": args.run_dir, "encoding": args.encoding, "rounds": rounds,
                       "total_stored_bytes": sum(r["stored_bytes"] for r in rounds),
