@@ -173,7 +173,7 @@ def train_masks(
     if settings.logit_adjust > 0:
         if examples.labels.dtype.kind == "f":
             raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
-        offset = settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)
+        offset = (settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)).to(device)
     steps = planned_steps(n, settings.batch_size, settings.max_steps, settings.epochs)
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # bernoulli samples and dropout
@@ -197,7 +197,7 @@ def train_masks(
     if not settings.dropout:
         disable_dropout(model)
     for layer in layers.values():
-        layer.compiled = settings.compile and layer.kind != "scaling"
+        layer.compiled = settings.compile  # read only by bernoulli and threshold layers
     losses: list[float] = []
     with step_progress(description, steps) as bar:
         for indices in batches:
