@@ -391,3 +391,8 @@ def slurm(
             out.print(f"submitted {r['name']}: job {r['id']}", highlight=False)
     if records and not dry_run:
         out.print(f"job ids: {opts.directory / 'jobs.json'}; logs: {opts.directory / 'logs'}")
+
+
+from .cli_secagg import app as _secagg_app  # noqa: E402  (after the shared options it imports)
+
+app.add_typer(_secagg_app, name="secagg")

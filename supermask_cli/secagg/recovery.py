@@ -29,22 +29,18 @@ def answer(ctx: Context, me: int, t: int, holdings: dict[int, dict[str, bytes]],
     updated record of what it has revealed (owner -> kind), to keep for any later request.
 
     ``holdings``: owner -> {"self": share of b_owner, "pair": share of s_owner's private key}, one
-    entry per participant whose shares this client holds (itself included)."""
+    entry per participant whose shares this client holds (itself included). Peers in neither
+    list get nothing revealed."""
     where = f"round {ctx.round}: client {me} refuses to unmask"
     both = survivors & dropped
     if both:
         raise SecureAggregationError(f"{where}: clients {_ids(both)} are listed both as survivors and as dropped")
     if me in dropped or me not in survivors:
         raise SecureAggregationError(f"{where}: it is listed as dropped but is alive (its masked input was sent)")
-    unknown = (survivors | dropped) - set(holdings)
-    if unknown:
-        raise SecureAggregationError(f"{where}: clients {_ids(unknown)} are not participants it holds shares of")
-    unlisted = set(holdings) - survivors - dropped
-    if unlisted:
-        raise SecureAggregationError(f"{where}: clients {_ids(unlisted)} are neither survivors nor dropped")
     if len(survivors) < t:
         raise SecureAggregationError(f"{where}: {len(survivors)} survivors are fewer than the threshold {t}")
-    wanted = {owner: ("self" if owner in survivors else "pair") for owner in holdings}
+    # a listed client whose shares this one does not hold (its keys came late) gets nothing revealed
+    wanted = {owner: ("self" if owner in survivors else "pair") for owner in sorted((survivors | dropped) & set(holdings))}
     before = dict(revealed or {})
     flipped = {owner for owner, kind in wanted.items() if before.get(owner, kind) != kind}
     if flipped:
@@ -56,19 +52,21 @@ def answer(ctx: Context, me: int, t: int, holdings: dict[int, dict[str, bytes]],
     return out, {**before, **wanted}
 
 
-def recover(ctx: Context, t: int, participants: list[int], survivors: set[int],
+def recover(ctx: Context, t: int, participants: list[int], survivors: set[int], dropped: set[int],
             answers: dict[int, dict[str, dict[int, bytes]]], digests: dict[tuple[str, int, int], str],
             mask_public: dict[int, bytes]) -> tuple[dict[int, bytes], dict[tuple[int, int], bytes]]:
     """The survivors' self-mask seeds and the (survivor, dropped) pairwise seeds.
 
-    ``participants``: every client that shared its keys (sorted; share index = position + 1);
+    ``participants``: the round's participants (sorted; share index = position + 1);
+    ``dropped``: the non-survivors whose mask keys are needed (some survivor masked with them);
     ``answers``: holder -> its :func:`answer`; ``digests``: (kind, owner, holder) -> the owner's
     published share digest; ``mask_public``: owner -> its published mask public key."""
-    dropped = set(participants) - survivors
+    if survivors & dropped:
+        raise SecureAggregationError(f"round {ctx.round}: clients {_ids(survivors & dropped)} are both survivors and dropped")
     if len(survivors) < t:
         raise SecureAggregationError(
             f"round {ctx.round}: {len(survivors)} of {len(participants)} participants survived, fewer than the threshold {t}; "
-            f"cannot unmask; missing clients {_ids(dropped)}")
+            f"cannot unmask; missing clients {_ids(set(participants) - survivors)}")
     strangers = set(answers) - survivors
     if strangers:
         raise SecureAggregationError(f"round {ctx.round}: unmask answers from clients {_ids(strangers)}, who are not survivors")
@@ -81,19 +79,19 @@ def recover(ctx: Context, t: int, participants: list[int], survivors: set[int],
         for kind in ("self", "pair"):
             owners = answers[holder].get(kind, {})
             expected = survivors if kind == "self" else dropped
-            if set(owners) != expected:
+            if set(owners) - expected:
                 raise SecureAggregationError(
-                    f"round {ctx.round}: client {holder}'s unmask answer has {kind} shares of clients {_ids(owners)}, "
-                    f"expected exactly {_ids(expected)}")
+                    f"round {ctx.round}: client {holder}'s unmask answer has {kind} shares of clients {_ids(set(owners) - expected)}, "
+                    "which were not asked for")
             for owner, share in owners.items():
                 if share_digest(ctx, kind, owner, holder, share) != digests.get((kind, owner, holder)):
                     raise SecureAggregationError(
                         f"round {ctx.round}: client {holder}'s {kind} share of client {owner} does not match the digest client {owner} published")
                 shares.setdefault((kind, owner), {})[index[holder]] = share
-    self_seeds = {s: combine(shares[("self", s)], t, what=f"round {ctx.round}: self-mask seed of client {s}") for s in sorted(survivors)}
+    self_seeds = {s: combine(shares.get(("self", s), {}), t, what=f"round {ctx.round}: self-mask seed of client {s}") for s in sorted(survivors)}
     pairs: dict[tuple[int, int], bytes] = {}
     for d in sorted(dropped):
-        key = combine(shares[("pair", d)], t, what=f"round {ctx.round}: mask key of dropped client {d}")
+        key = combine(shares.get(("pair", d), {}), t, what=f"round {ctx.round}: mask key of dropped client {d}")
         if public_key(key) != mask_public[d]:
             raise SecureAggregationError(f"round {ctx.round}: the rebuilt mask key of dropped client {d} does not match its public key")
         for s in sorted(survivors):

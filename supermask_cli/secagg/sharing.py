@@ -25,6 +25,12 @@ KINDS = ("self", "pair")
 """What is shared: ``self`` = the self-mask seed b_i, ``pair`` = the private key of s_i."""
 
 
+def default_threshold(n: int) -> int:
+    """t when ``secure_aggregation.threshold`` is null: a strict majority of the n participants
+    (at least 2), so that two disjoint groups can never both reach it."""
+    return max(2, n // 2 + 1)
+
+
 def check_threshold(t: int, n: int) -> None:
     if not 2 <= t <= n:
         raise SecureAggregationError(f"secure_aggregation.threshold {t}: must be between 2 and the {n} participants")

@@ -80,5 +80,6 @@ def run(ctx: Context, inputs: dict[int, dict[str, np.ndarray]], bits: dict[str, 
     answers = {i: recovery.answer(ctx, i, t, rnd.clients[i].holdings, survivors, set(inputs) - survivors)[0]
                for i in survivors - set(silent)}
     mask_public = {i: rnd.public(i)[1] for i in rnd.participants}
-    self_seeds, pairs = recovery.recover(ctx, t, rnd.participants, survivors, answers, rnd.digests, mask_public)
+    self_seeds, pairs = recovery.recover(ctx, t, rnd.participants, survivors, set(inputs) - survivors, answers,
+                                         rnd.digests, mask_public)
     return masking.unmask(masking.add_inputs(uploads, bits), bits, self_seeds, pairs)
