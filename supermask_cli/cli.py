@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -390,8 +391,13 @@ def slurm(
         out.print(f"nothing to submit: {opts.rounds} round(s) of {cfg.run_dir} are done")
     for r in records:
         if dry_run:
-            sys.stdout.write(f"# {r['script']}\n{Path(r['script']).read_text()}# {' '.join(r['sbatch'])}\n\n")
+            sys.stdout.write(f"# {r['script']}\n{Path(r['script']).read_text()}# {shlex.join(r['sbatch'])}\n\n")
         else:
             out.print(f"submitted {r['name']}: job {r['id']}", highlight=False)
     if records and not dry_run:
         out.print(f"job ids: {opts.directory / 'jobs.json'}; logs: {opts.directory / 'logs'}")
+
+
+from .cli_secagg import app as _secagg_app  # noqa: E402  (after the shared options it imports)
+
+app.add_typer(_secagg_app, name="secagg")

@@ -129,8 +129,9 @@ def train_client(
     settings = train_settings(cfg, derive_seed(cfg.seed, rnd, client))
     steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
     dp = None
+    known = ledger.previous_history(cfg, layout, client, rnd) if cfg.privacy.mode != "none" else []
     if cfg.privacy.mode == "example":
-        dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps)
+        dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps, rnd, known)
     stats = train_masks(
         base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,
         description=f"round {rnd} client {client}", privacy=dp,
@@ -149,7 +150,7 @@ def train_client(
             "parent_digest": gl.digest,
             "aggregation": None,
             "server_state": [],
-            "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps),
+            "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps, known),
             "created_by": f"supermask {__version__}",
         }
     )
