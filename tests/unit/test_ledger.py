@@ -79,3 +79,52 @@ def test_target_epsilon_refuses_when_the_history_already_spent_it():
     known = [PrivacyRelease(round=0, noise_multiplier=0.5, sample_rate=1.0, steps=4)]
     with pytest.raises(SupermaskError, match="target_epsilon 3.0: client 0 cannot train round 1"):
         ledger.example_noise(cfg, 0, 0.125, 4, rnd=1, known=known)
+
+
+# ------------------------------------------------------------------ the client's own ledger
+
+
+def _entry(rnd: int, upload: bytes, run: str = "a" * 64):
+    import hashlib
+
+    from supermask_cli.privacy.local_ledger import LedgerEntry
+
+    return LedgerEntry(run=run, round=rnd, parent="b" * 64, mode="example", noise_multiplier=1.0, sample_rate=0.25,
+                       steps=4, accountant="rdp", upload=hashlib.sha256(upload).hexdigest(), numbers={"steps": 4})
+
+
+def test_the_local_ledger_survives_a_new_process_and_keeps_each_upload(tmp_path):
+    from supermask_cli.privacy.local_ledger import LocalLedger
+
+    store = LocalLedger(tmp_path / "ledger", "c" * 64)
+    assert store.releases() == []
+    with store.locked():
+        store.record(_entry(0, b"upload 0"), b"upload 0")
+        store.record(_entry(1, b"upload 1"), b"upload 1")
+    again = LocalLedger(tmp_path / "ledger", "c" * 64)  # what another process (or a restart) reads
+    assert [e.round for e in again.releases()] == [0, 1]
+    assert again.stored_upload(again.find("a" * 64, 1)) == b"upload 1"
+    assert again.find("a" * 64, 2) is None and again.find("d" * 64, 0) is None
+    assert not list((tmp_path / "ledger").glob("**/*.part"))  # written atomically, nothing left over
+
+
+def test_the_local_ledger_refuses_a_second_entry_an_altered_copy_or_a_corrupt_file(tmp_path):
+    from supermask_cli.privacy.local_ledger import LocalLedger
+
+    store = LocalLedger(tmp_path, "c" * 64)
+    store.record(_entry(0, b"upload"), b"upload")
+    with pytest.raises(SupermaskError, match="already holds round 0"):
+        store.record(_entry(0, b"other"), b"other")
+    store.upload_path("a" * 64, 0).write_bytes(b"tampered")
+    assert store.stored_upload(store.find("a" * 64, 0)) is None
+    store.file.write_text("{not json")
+    with pytest.raises(SupermaskError, match="not a valid ledger file; refusing to release anything"):
+        store.releases()
+
+
+def test_the_local_ledger_is_refused_inside_the_run_dir(tmp_path):
+    from supermask_cli.privacy.local_ledger import LocalLedger
+
+    with pytest.raises(SupermaskError, match="inside run_dir"):
+        LocalLedger(tmp_path / "run" / "ledger", "c" * 64).check_outside(str(tmp_path / "run"))
+    LocalLedger(tmp_path / "ledger", "c" * 64).check_outside(str(tmp_path / "run"))
