@@ -334,6 +334,11 @@ def main() -> None:
     app()
 
 
+from .cli_audit import audit as _audit  # noqa: E402  (its own module; needs no helper of this one)
+
+app.command("audit")(user_errors(_audit))
+
+
 @app.command()
 @user_errors
 def progress(

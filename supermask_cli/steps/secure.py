@@ -290,3 +290,16 @@ def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], 
     self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),
                                          answers, digests, mask_public)
     return masking.unmask(total, bits, self_seeds, pairs)
+
+
+def waiting_for(cfg: Config, rnd: int | None = None) -> str | None:
+    """What the server still waits for before it can unmask round ``rnd`` (None: nothing)."""
+    sr = open_secure_round(cfg, rnd)
+    if not storage.exists(sr.layout.survivors_path(sr.rnd)):
+        return f"round {sr.rnd}: the survivor list is not written yet"
+    listed, answers = read_survivors(sr), unmask_answers(sr)
+    if len(answers) >= sr.threshold:
+        return None
+    pending = ", ".join(str(c) for c in listed["survivors"] if c not in answers)
+    return (f"round {sr.rnd}: {len(answers)} of the {sr.threshold} unmask answers needed are in; "
+            f"waiting for `supermask secagg unmask` of clients {pending}")

@@ -57,9 +57,14 @@ def test_a_file_round_unmasks_the_exact_sum_and_leaves_no_secret_under_run_dir(s
         uploads[i], peers[i] = secure.mask_input(cfg, i, x[i], bits, secrets=secrets / f"c{i}")
         assert peers[i] == [j for j in range(N) if j != i]
     # Execute
+    assert secure.waiting_for(cfg) == "round 0: the survivor list is not written yet"
     _, survivors, dropped = secure.write_survivors(cfg, peers)
-    for i in (0, 1, 2):
+    for i in (0, 1):
         secure.reveal(cfg, i, secrets=secrets / f"c{i}")
+    assert secure.waiting_for(cfg) == ("round 0: 2 of the 3 unmask answers needed are in; "
+                                       "waiting for `supermask secagg unmask` of clients 2, 3")
+    secure.reveal(cfg, 2, secrets=secrets / "c2")
+    assert secure.waiting_for(cfg) is None
     total = secure.unmask_sum(cfg, masking.add_inputs(uploads, bits), bits)
     # Assert: the exact plaintext sum of the survivors
     assert (survivors, dropped) == ([0, 1, 2, 3], [4])
