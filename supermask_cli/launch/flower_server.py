@@ -59,6 +59,14 @@ class Traffic:
     down: dict[int, int] = field(default_factory=dict)
     up: dict[int, int] = field(default_factory=dict)
     delta: list[int] = field(default_factory=list)  # clients that got the global as a delta
+    refused: dict[int, str] = field(default_factory=dict)  # clients whose privacy policy refused, and why
+
+    def row(self, mode: str) -> dict:
+        """For ``rounds.jsonl``: in client mode no upload's size (a function of an un-noised upload)."""
+        row = asdict(self)
+        if mode == "client":
+            del row["up"]
+        return row
 
 
 @dataclass
@@ -118,7 +126,8 @@ def serve(grid: Grid, cfg: Config, settings: Settings) -> None:
             print(f"supermask: round {rnd}: aggregating {uploaded} of {len(chosen)} clients ({why})", flush=True)
         result = steps.aggregate(cfg, rnd=rnd)
         seconds = time.perf_counter() - start
-        _log_round(layout, {"round": rnd, "wall_s": seconds, "clients": len(result.clients), **asdict(traffic)})
+        _log_round(layout, {"round": rnd, "wall_s": seconds, "clients": len(result.clients),
+                            **traffic.row(cfg.privacy.mode)})
         print(
             f"supermask: round {rnd} -> {result.path}: {len(result.clients)} clients, global sent as a delta to "
             f"{len(traffic.delta)} of {len(traffic.down)} nodes, {seconds:.1f} s",
@@ -226,6 +235,11 @@ def train_round(
                 failures[client] = f"the ClientApp failed: {_last_line(reply.error.reason)}"
                 continue
             result = reply.content[wire.RESULT]
+            if result["status"] == wire.REFUSED:
+                failures[client] = f"refused by its privacy policy: {result['reason']}"
+                traffic.refused[client] = str(result["reason"])
+                print(f"supermask: round {rnd}: client {client} refused: {result['reason']}", flush=True)
+                continue
             if result["status"] == wire.NEED_FULL and attempt == 0:
                 todo.append(message(client, False))
                 continue

@@ -17,6 +17,7 @@ NODE = "node"  # ConfigRecord client -> server (query reply): client id, held gl
 
 NEED_FULL = "need-full"  # a client's status when it cannot rebuild the global from a delta
 OK = "ok"
+REFUSED = "refused"  # the node's privacy policy refused the request (RESULT["reason"] says why)
 
 
 def file_record(data: bytes) -> ArrayRecord:

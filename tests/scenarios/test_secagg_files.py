@@ -158,3 +158,19 @@ def test_config_section_digest_and_non_sum_rules(tiny_config):
     for rule in ("median", "trimmed_mean", "filtered", "capped"):
         with pytest.raises(Exception, match=f"federation.aggregator '{rule}' is not an integer-weighted sum"):
             load_config(tiny_config("threshold", federation={"aggregator": rule}, secure_aggregation={"enabled": True}))
+
+
+def test_weights_come_from_the_published_counts(secure_run):
+    _, cfg, secrets = secure_run
+    for i in range(N):
+        secure.publish_keys(cfg, i, secrets=secrets / f"c{i}")
+    sr = secure.open_secure_round(cfg, 0)
+    keys = secure.public_keys(sr)
+    counts = {c: k["num_examples"] for c, k in keys.items()}
+    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped
+    median = sorted(counts.values())[(N - 1) // 2]
+    keys[2]["num_examples"] = 1_000_000  # a client claiming a million examples weighs 3 median clients
+    assert secure.weights(sr, keys)[2] == 3 * median
+    keys[2]["num_examples"] = 0
+    with pytest.raises(SecureAggregationError, match="round 0: client 2 claims 0 examples, outside 1..10000000"):
+        secure.weights(sr, keys)
