@@ -79,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
     path = held_global(context)
     data = transport.receive(cfg, path, received, is_delta=bool(setup["delta"]), digest=str(setup["digest"]))
     if data is None:
-        return _reply(msg, wire.NEED_FULL, "")
+        return _reply(msg, wire.NEED_FULL, "", rnd)
     storage.write_atomic(path, data, force=True)
     out = os.path.join(node_dir(context), f"upload_round_{rnd:03d}.safetensors")
     result = steps.train_client(cfg, client, global_path=path, out=out, force=True)
@@ -87,13 +87,13 @@ def train(msg: Message, context: Context) -> Message:
     os.remove(out)
     numbers = {"num_examples": result.num_examples, "steps": result.steps, "mean_loss": result.mean_loss,
                "seconds": result.seconds}
-    return _reply(msg, wire.OK, str(setup["digest"]), upload, numbers)
+    return _reply(msg, wire.OK, str(setup["digest"]), rnd, upload, numbers)
 
 
-def _reply(msg: Message, status: str, holds: str, upload: bytes = b"", numbers: dict | None = None) -> Message:
+def _reply(msg: Message, status: str, holds: str, rnd: int, upload: bytes = b"", numbers: dict | None = None) -> Message:
     content = RecordDict(
         {
-            wire.RESULT: ConfigRecord({"status": status, "holds": holds, **(numbers or {})}),
+            wire.RESULT: ConfigRecord({"status": status, "holds": holds, "round": rnd, **(numbers or {})}),
             wire.UPLOAD: wire.file_record(upload),
         }
     )
