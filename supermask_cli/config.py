@@ -137,8 +137,9 @@ class SecureAggregationConfig(_Section):
     threshold: int | None = Field(None, ge=2)  # t; null: secagg.sharing.default_threshold of the round's participants
 
 
-SUM_RULES = ("mean", "capped", "bayes")
-"""Aggregation rules that only need the (weighted) sum of the uploads and the survivors' counts."""
+SUM_RULES = ("mean", "bayes")
+"""Aggregation rules that secure aggregation computes exactly: integer-weighted sums of the uploads
+and the survivors' count (``capped`` shares are not integers; the others need every upload)."""
 
 
 class Config(_Section):
@@ -160,8 +161,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_secure_aggregation(self) -> Config:
         if self.secure_aggregation.enabled and self.federation.aggregator not in SUM_RULES:
-            raise ValueError(f"federation.aggregator {self.federation.aggregator!r} needs every client's upload, which secure "
-                             f"aggregation hides: use one of {', '.join(SUM_RULES)}")
+            raise ValueError(f"federation.aggregator {self.federation.aggregator!r} is not an integer-weighted sum, the only "
+                             f"thing secure aggregation reveals: use {' or '.join(SUM_RULES)}")
         return self
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ from .meta import (  # noqa: F401  (the schema and constants are part of this mo
     BAYES_GROUPS, CODED_ENCODINGS, FLIP_RATE_RANGE, FORMAT_NAME, FORMAT_VERSION, GROUPS,
     MAX_ENTRIES, MAX_FILE_BYTES, MAX_HEADER_BYTES, META_KEY, OPT_GROUPS, STATE_GROUPS,
     AggregationMeta, BaseModelMeta, Checkpoint, ClientPrivacy, ClientRecord, DroppedRecord,
-    FileMeta, PoolMeta, RunPrivacy, TargetMeta,
+    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, TargetMeta,
 )
 
 

@@ -25,6 +25,7 @@ DIGEST = re.compile(r"^[0-9a-f]{64}$")
 NPY_HEADER_MAX = 4096  # an .npy preamble of a 1-D uint8 array is 128 bytes; anything far above is not one
 MAX_STEPS = 10**9
 MAX_SECONDS = 10.0**7
+MAX_REASON = 500  # characters of a refusal reason kept
 
 
 class Refused(SupermaskError):
@@ -51,13 +52,15 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class TrainReply:
-    status: str  # ok | need-full
+    status: str  # ok | need-full | refused
     holds: str
-    upload: bytes  # the client file (empty for need-full)
+    upload: bytes  # the client file (empty unless ok)
     num_examples: int = 0
     steps: int = 0
-    mean_loss: float = 0.0
+    replayed: bool = False
+    mean_loss: float = math.nan
     seconds: float = 0.0
+    reason: str = ""  # why the node's privacy policy refused
 
 
 def who(node: int, client: int | None = None) -> str:
@@ -143,34 +146,42 @@ def query_reply(reply: Reply, sent: Sent, num_clients: int) -> NodeInfo:
     return NodeInfo(client=client, holds=_digest(items["holds"], "holds", reply, sent))
 
 
-def train_reply(reply: Reply, sent: Sent, *, max_bytes: int, max_examples: int) -> TrainReply:
-    """A train reply: its result numbers and its upload's bytes (size checked before they are read)."""
+def train_reply(reply: Reply, sent: Sent, *, max_bytes: int, max_examples: int, with_loss: bool = True) -> TrainReply:
+    """A train reply: its result numbers and its upload's bytes (size checked before they are read).
+    ``with_loss``: the run has no privacy, so the result carries the training loss and time (with
+    privacy on it must not: they are statistics of the data that no noise covers)."""
     envelope(reply, sent)
     records = _records(reply, sent, {wire.RESULT: wire.CONFIG, wire.UPLOAD: wire.ARRAY})
     result = records[wire.RESULT].items
     status = result.get("status")
-    if status not in (wire.OK, wire.NEED_FULL):
-        raise refuse(reply.node, sent.client, f"result status {str(status)[:80]!r} is neither 'ok' nor 'need-full'")
+    if status not in (wire.OK, wire.NEED_FULL, wire.REFUSED):
+        raise refuse(reply.node, sent.client, f"result status {str(status)[:80]!r} is not one of ok, need-full, refused")
     base = {"status", "holds", "round"}
-    numbers = {"num_examples", "steps", "mean_loss", "seconds"}
-    _keys(records[wire.RESULT], wire.RESULT, reply, sent, base | numbers if status == wire.OK else base)
+    numbers = {"num_examples", "steps", "replayed", *(("mean_loss", "seconds") if with_loss else ())}
+    required = {wire.OK: base | numbers, wire.NEED_FULL: base, wire.REFUSED: base | {"reason"}}[status]
+    _keys(records[wire.RESULT], wire.RESULT, reply, sent, required)
     rnd = _int(result["round"], "result round", 0, 10**9, reply, sent)
     if sent.round is not None and rnd != sent.round:
         when = "an earlier" if rnd < sent.round else "a later"
         raise refuse(reply.node, sent.client, f"a result for {when} round ({rnd}), this is round {sent.round}")
     holds = _digest(result["holds"], "holds", reply, sent)
     files = _keys(records[wire.UPLOAD], wire.UPLOAD, reply, sent, {wire.FILE})
-    if status == wire.NEED_FULL:
+    if status != wire.OK:
         upload_bytes(files[wire.FILE], 0, reply, sent)
-        return TrainReply(status=status, holds=holds, upload=b"")
+        reason = result.get("reason", "")
+        if not isinstance(reason, str):
+            raise refuse(reply.node, sent.client, f"refusal reason {str(reason)[:80]!r} is not text")
+        return TrainReply(status=status, holds=holds, upload=b"", reason=" ".join(reason.split())[:MAX_REASON])
     num_examples = _int(result["num_examples"], "num_examples", 1, max_examples, reply, sent)
     steps = _int(result["steps"], "steps", 0, MAX_STEPS, reply, sent)
-    loss = result["mean_loss"]
-    no_loss = steps == 0 and isinstance(loss, float) and math.isnan(loss)  # nothing trained: no mean
+    if not isinstance(result["replayed"], bool):
+        raise refuse(reply.node, sent.client, f"replayed {str(result['replayed'])[:80]!r} is not true or false")
+    loss, seconds = result.get("mean_loss", math.nan), result.get("seconds", 0.0)
+    no_loss = not with_loss or (steps == 0 and isinstance(loss, float) and math.isnan(loss))  # no mean to check
     return TrainReply(
-        status=status, holds=holds, num_examples=num_examples, steps=steps,
+        status=status, holds=holds, num_examples=num_examples, steps=steps, replayed=result["replayed"],
         mean_loss=loss if no_loss else _float(loss, "mean_loss", -1e30, 1e30, reply, sent),
-        seconds=_float(result["seconds"], "seconds", 0.0, MAX_SECONDS, reply, sent),
+        seconds=_float(seconds, "seconds", 0.0, MAX_SECONDS, reply, sent),
         upload=upload_bytes(files[wire.FILE], max_bytes, reply, sent),
     )
 

@@ -75,6 +75,14 @@ class Traffic:
     down: dict[int, int] = field(default_factory=dict)
     up: dict[int, int] = field(default_factory=dict)
     delta: list[int] = field(default_factory=list)  # clients that got the global as a delta
+    refused: dict[int, str] = field(default_factory=dict)  # clients whose privacy policy refused, and why
+
+    def row(self, mode: str) -> dict:
+        """For ``rounds.jsonl``: in client mode no upload's size (a function of an un-noised upload)."""
+        row = asdict(self)
+        if mode == "client":
+            del row["up"]
+        return row
 
 
 @dataclass
@@ -136,7 +144,8 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
             print(f"supermask: round {rnd}: aggregating {uploaded} of {len(chosen)} clients ({why})", flush=True)
         result = steps.aggregate(cfg, rnd=rnd)
         seconds = time.perf_counter() - start
-        _log_round(layout, {"round": rnd, "wall_s": seconds, "clients": len(result.clients), **asdict(traffic)})
+        _log_round(layout, {"round": rnd, "wall_s": seconds, "clients": len(result.clients),
+                            **traffic.row(cfg.privacy.mode)})
         print(
             f"supermask: round {rnd} -> {result.path}: {len(result.clients)} clients, global sent as a delta to "
             f"{len(traffic.delta)} of {len(traffic.down)} nodes, {seconds:.1f} s",
@@ -266,7 +275,13 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
             client = by_node[sent.node]
             try:
                 got = replies.train_reply(reply, sent, max_bytes=max_bytes,
-                                          max_examples=cfg.federation.max_client_examples)
+                                          max_examples=cfg.federation.max_client_examples,
+                                          with_loss=cfg.privacy.mode == "none")
+                if got.status == wire.REFUSED:
+                    failures[client] = f"refused by its privacy policy: {got.reason}"
+                    traffic.refused[client] = got.reason
+                    print(f"supermask: round {rnd}: client {client} refused: {got.reason}", flush=True)
+                    continue
                 if got.status == wire.NEED_FULL:
                     if attempt == 0:
                         todo.append(message(client, False))

@@ -26,6 +26,7 @@ NODE = "node"  # ConfigRecord client -> server (query reply): client id, held gl
 
 NEED_FULL = "need-full"  # a client's status when it cannot rebuild the global from a delta
 OK = "ok"
+REFUSED = "refused"  # the node's privacy policy refused the request (RESULT["reason"] says why)
 
 QUERY = "query"
 TRAIN = "train"

@@ -21,7 +21,7 @@ _HEX = re.compile(r"^(?:[0-9a-f]{2})*$")
 _ID = re.compile(r"^(?:0|[1-9][0-9]*)$")
 
 FIELDS = {
-    "keys": {"client": int, "channel_public": "hex32", "mask_public": "hex32"},
+    "keys": {"client": int, "num_examples": int, "channel_public": "hex32", "mask_public": "hex32"},
     "shares": {"client": int, "threshold": int, "holders": "holders"},
     "survivors": {"threshold": int, "participants": "ids", "survivors": "ids", "dropped": "ids"},
     "unmask": {"client": int, "self": "id_hex32", "pair": "id_hex32"},
@@ -90,10 +90,21 @@ def _object(value: Any, spec: dict, where: str) -> dict[str, Any]:
     return {key: _field(kind, value[key], f"{where}: field '{key}'") for key, kind in spec.items()}
 
 
+def _no_duplicates(where: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        for key in keys:
+            if keys.count(key) > 1:
+                _fail(where, f"key {key!r} appears twice")
+        return dict(pairs)
+
+    return hook
+
+
 def loads(data: bytes, message: str, *, where: str, rnd: int, config_digest: str, client: int | None = None) -> dict[str, Any]:
     """A parsed message of kind ``message``, checked against the round, run and (if given) client."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, object_pairs_hook=_no_duplicates(where))
     except (ValueError, UnicodeDecodeError):
         _fail(where, "not JSON")
     head = {"format": FORMAT, "version": VERSION, "message": message, "round": rnd, "config_digest": config_digest}

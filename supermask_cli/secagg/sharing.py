@@ -6,14 +6,26 @@ indices, so a share is 32 bytes too. Shamir itself cannot tell a wrong share fro
 (a wrong share silently gives a wrong secret), so the owner publishes :func:`share_digest` of
 every share it hands out and the server checks each revealed share against it
 (:mod:`.recovery`) before combining.
+
+``Shamir.combine`` recomputes the Lagrange coefficients (t inversions, t² products, bit-serial
+in Python) for every secret; a round's server combines 2·(|S| + |D|) secrets from the same
+holders, so :func:`combine` computes the coefficients once per set of share indices with the
+library's own field element and then takes t products per secret (the same arithmetic as
+``Shamir.combine`` without its ``ssss`` option, checked against it by the tests).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
 from Crypto.Protocol.SecretSharing import Shamir
+
+try:  # the library's GF(2^128) element, the one Shamir.combine computes with
+    from Crypto.Protocol.SecretSharing import _Element
+except ImportError:  # pragma: no cover - a pycryptodome without it: Shamir.combine for every secret
+    _Element = None
 
 from ..errors import SecureAggregationError
 from .agreement import Context
@@ -63,6 +75,28 @@ def combine(shares: dict[int, bytes], t: int, *, what: str) -> bytes:
     for index in chosen:
         if len(shares[index]) != SHARE_BYTES:
             raise SecureAggregationError(f"{what}: the share at index {index} is {len(shares[index])} bytes, not {SHARE_BYTES}")
-    low = Shamir.combine([(i, shares[i][:_HALF]) for i in chosen])
-    high = Shamir.combine([(i, shares[i][_HALF:]) for i in chosen])
-    return low + high
+    return b"".join(_interpolate(tuple(chosen), [shares[i][k:k + _HALF] for i in chosen]) for k in (0, _HALF))
+
+
+@functools.lru_cache(maxsize=256)
+def _lagrange_at_zero(indices: tuple[int, ...]) -> tuple:
+    """l_j(0) = Π_{m≠j} x_m / (x_j − x_m) in GF(2^128) (where − is +)."""
+    xs = [_Element(i) for i in indices]
+    out = []
+    for j, xj in enumerate(xs):
+        num, den = _Element(1), _Element(1)
+        for m, xm in enumerate(xs):
+            if m != j:
+                num *= xm
+                den *= xj + xm
+        out.append(num * den.inverse())
+    return tuple(out)
+
+
+def _interpolate(indices: tuple[int, ...], values: list[bytes]) -> bytes:
+    if _Element is None:  # pragma: no cover
+        return Shamir.combine(list(zip(indices, values)))
+    acc = _Element(0)
+    for coefficient, value in zip(_lagrange_at_zero(indices), values):
+        acc += coefficient * _Element(value)
+    return acc.encode()

@@ -23,12 +23,13 @@ from .. import checkpoint, storage
 from ..config import Config, config_digest
 from ..errors import SecureAggregationError
 from ..layout import Layout
-from ..secagg import agreement, masking, messages, recovery, sharing
+from ..aggregate import example_weights
+from ..secagg import agreement, masking, messages, recovery, sharing, upload
 from ..secagg.agreement import Context
 from ..secagg.keystore import KeyStore
 from .checks import latest_round
 from .participants import sampled
-from .pool import resolved
+from .pool import client_examples, resolved
 
 SECRETS_ROOT = Path("~/.supermask/secagg")
 MAX_MESSAGE_BYTES = 64 << 20
@@ -41,6 +42,8 @@ class SecureRound:
     ctx: Context
     participants: list[int]
     threshold: int
+    cfg: Config  # resolved with the run's labels and pool, as init recorded them
+    meta: checkpoint.FileMeta  # the round's global
 
     @property
     def rnd(self) -> int:
@@ -57,12 +60,13 @@ def open_secure_round(cfg: Config, rnd: int | None) -> SecureRound:
     layout = Layout(cfg.run_dir)
     rnd = latest_round(layout) if rnd is None else rnd
     meta = checkpoint.read_meta(layout.global_path(rnd))
-    if config_digest(resolved(cfg, meta.labels, meta.pool)) != meta.config_digest:
+    cfg = resolved(cfg, meta.labels, meta.pool)
+    if config_digest(cfg) != meta.config_digest:
         raise SecureAggregationError(f"{layout.global_path(rnd)}: written under another config (config digest differs)")
     participants = sorted(sampled(cfg, rnd))
     t = cfg.secure_aggregation.threshold or sharing.default_threshold(len(participants))
     sharing.check_threshold(t, len(participants))
-    return SecureRound(layout, Context(meta.config_digest, rnd), participants, t)
+    return SecureRound(layout, Context(meta.config_digest, rnd), participants, t, cfg, meta)
 
 
 def keystore(cfg: Config, client: int, secrets: str | os.PathLike | None = None) -> KeyStore:
@@ -120,7 +124,8 @@ def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str 
     if state["masked"] and not storage.exists(path):
         raise SecureAggregationError(f"round {sr.rnd}: client {client}'s keys in '{store.dir}' already masked an input whose "
                                      "messages are gone; reusing them would leak it: delete that directory's round file to start afresh")
-    blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client,
+    num_examples = len(client_examples(sr.cfg, client, sr.meta.labels, sr.meta.pool))
+    blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client, num_examples=num_examples,
                           channel_public=agreement.public_key(bytes.fromhex(state["channel_private"])).hex(),
                           mask_public=agreement.public_key(bytes.fromhex(state["mask_private"])).hex())
     return _publish(path, blob)
@@ -130,6 +135,20 @@ def public_keys(sr: SecureRound) -> dict[int, dict]:
     """Participant -> its parsed keys message, for every participant whose keys are in."""
     files = sr.layout.secagg_files(sr.rnd, "keys")
     return {c: _read(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+
+
+def weights(sr: SecureRound, keys: dict[int, dict]) -> dict[int, int]:
+    """Every key publisher's integer weight (``federation.weighting`` over the example counts in
+    the keys messages: under secure aggregation ``bounded`` caps at 3× the median count of the
+    clients that published keys, which a client must know before it masks; the plaintext rule
+    uses the accepted uploads' median, the same when no one drops out)."""
+    clients = sorted(keys)
+    counts = [keys[c]["num_examples"] for c in clients]
+    for c, n in zip(clients, counts):
+        if not 1 <= n <= sr.cfg.federation.max_client_examples:
+            raise SecureAggregationError(f"round {sr.rnd}: client {c} claims {n} examples, outside 1..{sr.cfg.federation.max_client_examples}")
+    raw = example_weights(counts, sr.cfg.federation.weighting).tolist()
+    return {c: upload.integer_weight(w, c) for c, w in zip(clients, raw)}
 
 
 def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None, wait: float = 0.0) -> str:
@@ -290,3 +309,16 @@ def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], 
     self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),
                                          answers, digests, mask_public)
     return masking.unmask(total, bits, self_seeds, pairs)
+
+
+def waiting_for(cfg: Config, rnd: int | None = None) -> str | None:
+    """What the server still waits for before it can unmask round ``rnd`` (None: nothing)."""
+    sr = open_secure_round(cfg, rnd)
+    if not storage.exists(sr.layout.survivors_path(sr.rnd)):
+        return f"round {sr.rnd}: the survivor list is not written yet"
+    listed, answers = read_survivors(sr), unmask_answers(sr)
+    if len(answers) >= sr.threshold:
+        return None
+    pending = ", ".join(str(c) for c in listed["survivors"] if c not in answers)
+    return (f"round {sr.rnd}: {len(answers)} of the {sr.threshold} unmask answers needed are in; "
+            f"waiting for `supermask secagg unmask` of clients {pending}")

@@ -83,7 +83,7 @@ def query_reply(node: int, mid: str, client) -> Reply:
 def train_reply(node: int, mid: str, m: Outgoing, data: bytes) -> Reply:
     meta = checkpoint.parse_meta(checkpoint.parse_header(data, "x")[0], "x")
     result = {"status": wire.OK, "holds": m.setup["digest"], "round": m.setup["round"],
-              "num_examples": meta.num_examples, "steps": 2, "mean_loss": 0.69, "seconds": 0.5}
+              "num_examples": meta.num_examples, "steps": 2, "replayed": False, "mean_loss": 0.69, "seconds": 0.5}
     return Reply(node=node, reply_to=mid, kind=wire.TRAIN, group=m.group, error=None,
                  records={wire.RESULT: Record(wire.CONFIG, result), wire.UPLOAD: Record(wire.ARRAY, {wire.FILE: array_view(data)})})
 
@@ -221,7 +221,10 @@ CORPUS = [
     ("train-extra-record", on(T, records(debug=Record(wire.CONFIG, {}))), "unexpected record(s) debug"),
     ("train-extra-result-key", on(T, items(wire.RESULT, weight=1000.0)), "unexpected weight"),
     ("train-missing-result-key", on(T, items(wire.RESULT, steps=DROP)), "missing steps"),
-    ("train-unknown-status", on(T, items(wire.RESULT, status="maybe")), "neither 'ok' nor 'need-full'"),
+    ("train-unknown-status", on(T, items(wire.RESULT, status="maybe")), "is not one of ok, need-full, refused"),
+    ("train-replayed-not-bool", on(T, items(wire.RESULT, replayed="no")), "replayed 'no' is not true or false"),
+    ("refused-with-an-upload", on(T, items(wire.RESULT, status=wire.REFUSED, reason="no", num_examples=DROP, steps=DROP,
+                                           replayed=DROP, mean_loss=DROP, seconds=DROP)), "over the 0-byte limit"),
     ("train-negative-examples", on(T, items(wire.RESULT, num_examples=-5)), "num_examples -5 is outside"),
     ("train-huge-examples", on(T, items(wire.RESULT, num_examples=10**12)), "num_examples 1000000000000 is outside"),
     ("train-examples-disagree-with-file", on(T, items(wire.RESULT, num_examples=7)), "its result says 7 examples"),
@@ -259,8 +262,8 @@ CORPUS = [
     ("reply-to-another-nodes-message", on(T, reply_to_other), "sent to node 10"),
     ("reply-to-unknown-message", on(T, lambda l, r, m: [dataclasses.replace(r, reply_to="forged")]),
      "replied to message 'forged'"),
-    ("need-full-twice", on(T, items(wire.RESULT, status=wire.NEED_FULL, num_examples=DROP, steps=DROP, mean_loss=DROP,
-                                    seconds=DROP)), "over the 0-byte limit"),
+    ("need-full-with-an-upload", on(T, items(wire.RESULT, status=wire.NEED_FULL, num_examples=DROP, steps=DROP,
+                                             replayed=DROP, mean_loss=DROP, seconds=DROP)), "over the 0-byte limit"),
 ]
 
 

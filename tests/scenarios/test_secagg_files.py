@@ -57,9 +57,14 @@ def test_a_file_round_unmasks_the_exact_sum_and_leaves_no_secret_under_run_dir(s
         uploads[i], peers[i] = secure.mask_input(cfg, i, x[i], bits, secrets=secrets / f"c{i}")
         assert peers[i] == [j for j in range(N) if j != i]
     # Execute
+    assert secure.waiting_for(cfg) == "round 0: the survivor list is not written yet"
     _, survivors, dropped = secure.write_survivors(cfg, peers)
-    for i in (0, 1, 2):
+    for i in (0, 1):
         secure.reveal(cfg, i, secrets=secrets / f"c{i}")
+    assert secure.waiting_for(cfg) == ("round 0: 2 of the 3 unmask answers needed are in; "
+                                       "waiting for `supermask secagg unmask` of clients 2, 3")
+    secure.reveal(cfg, 2, secrets=secrets / "c2")
+    assert secure.waiting_for(cfg) is None
     total = secure.unmask_sum(cfg, masking.add_inputs(uploads, bits), bits)
     # Assert: the exact plaintext sum of the survivors
     assert (survivors, dropped) == ([0, 1, 2, 3], [4])
@@ -150,6 +155,22 @@ def test_config_section_digest_and_non_sum_rules(tiny_config):
     on = load_config(tiny_config("threshold", secure_aggregation={"enabled": True}))
     assert config_digest(plain) == config_digest(load_config(tiny_config("threshold", secure_aggregation={"enabled": False, "threshold": 4})))
     assert config_digest(on) != config_digest(plain)
-    for rule in ("median", "trimmed_mean", "filtered"):
-        with pytest.raises(Exception, match=f"federation.aggregator '{rule}' needs every client's upload"):
+    for rule in ("median", "trimmed_mean", "filtered", "capped"):
+        with pytest.raises(Exception, match=f"federation.aggregator '{rule}' is not an integer-weighted sum"):
             load_config(tiny_config("threshold", federation={"aggregator": rule}, secure_aggregation={"enabled": True}))
+
+
+def test_weights_come_from_the_published_counts(secure_run):
+    _, cfg, secrets = secure_run
+    for i in range(N):
+        secure.publish_keys(cfg, i, secrets=secrets / f"c{i}")
+    sr = secure.open_secure_round(cfg, 0)
+    keys = secure.public_keys(sr)
+    counts = {c: k["num_examples"] for c, k in keys.items()}
+    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped
+    median = sorted(counts.values())[(N - 1) // 2]
+    keys[2]["num_examples"] = 1_000_000  # a client claiming a million examples weighs 3 median clients
+    assert secure.weights(sr, keys)[2] == 3 * median
+    keys[2]["num_examples"] = 0
+    with pytest.raises(SecureAggregationError, match="round 0: client 2 claims 0 examples, outside 1..10000000"):
+        secure.weights(sr, keys)

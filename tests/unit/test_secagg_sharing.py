@@ -44,3 +44,17 @@ def test_share_digest_binds_kind_ids_and_context():
     assert d != sharing.share_digest(ctx, "self", 2, 1, share)
     assert d != sharing.share_digest(Context("d", 2), "self", 1, 2, share)
     assert d != sharing.share_digest(ctx, "self", 1, 2, bytes([share[0] ^ 1]) + share[1:])
+
+
+def test_combine_agrees_with_the_librarys_own_combine():
+    # Prepare: 16-byte halves shared by pycryptodome itself
+    from Crypto.Protocol.SecretSharing import Shamir
+
+    for t, n, subset in [(2, 3, (2, 3)), (4, 9, (1, 4, 7, 9)), (5, 5, (1, 2, 3, 4, 5))]:
+        secret = os.urandom(16)
+        shares = Shamir.split(t, n, secret)
+        chosen = [shares[i - 1] for i in subset]
+        # Execute: our interpolation (cached coefficients) and the library's
+        ours = sharing._interpolate(tuple(subset), [s for _, s in chosen])
+        # Assert
+        assert ours == Shamir.combine(chosen) == secret
