@@ -23,6 +23,7 @@ from ..errors import SupermaskError
 from ..layout import Layout
 from . import flower_replies as replies
 from . import flower_wire as wire
+from .flower_identity import SELF_DECLARED_WARNING, Identities, load_clients_file
 from .flower_replies import Refused, Sent
 from .flower_wire import Outgoing, Reply
 
@@ -43,6 +44,7 @@ class Settings:
     workdir: str
     round_timeout: float
     connect_timeout: float
+    clients_file: str = ""  # node id -> client id, from the operator (launch.flower_identity)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> Settings:
@@ -54,6 +56,7 @@ class Settings:
             workdir=str(run_config.get("workdir", "")),
             round_timeout=float(run_config.get("round-timeout", 3600)),
             connect_timeout=float(run_config.get("connect-timeout", 300)),
+            clients_file=str(run_config.get("clients-file", "")),
         )
 
 
@@ -120,7 +123,10 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
     if not storage.exists(layout.global_path(0)):
         steps.init(cfg)
     fed = cfg.federation
-    nodes = discover(link, fed.num_clients, settings.connect_timeout, journal)
+    ids = load_clients_file(settings.clients_file, fed.num_clients) if settings.clients_file else None
+    if ids is None:
+        print(SELF_DECLARED_WARNING, flush=True)
+    nodes = discover(link, fed.num_clients, settings.connect_timeout, journal, ids=ids)
     for rnd in range(fed.rounds + 1):
         start = time.perf_counter()
         if not storage.exists(layout.metrics_path(rnd)):
@@ -131,7 +137,7 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
         online = set(link.node_ids())
         if any(c not in nodes or nodes[c].node_id not in online for c in pending):
-            nodes = discover(link, fed.num_clients, REDISCOVER_SECONDS, journal, nodes)
+            nodes = discover(link, fed.num_clients, REDISCOVER_SECONDS, journal, nodes, ids=ids)
         failures, traffic = train_round(link, cfg, layout, rnd, pending, nodes, settings.round_timeout, journal)
         uploaded = len(chosen) - len(failures)
         why = "; ".join(f"client {c}: {reason}" for c, reason in sorted(failures.items()))
@@ -161,11 +167,13 @@ def _log_round(layout: Layout, row: dict) -> None:
 
 
 def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
-             known: dict[int, Node] | None = None) -> dict[int, Node]:
+             known: dict[int, Node] | None = None, ids: Identities | None = None) -> dict[int, Node]:
     """Ask every connected SuperNode its client id until all ``num_clients`` answered or ``timeout``.
     ``known`` nodes still connected are kept; a client whose node left is asked for again (a
-    restarted SuperNode comes back with a new node id). A claim of an id another node already holds
-    is refused, and two nodes claiming one id in the same answer are both refused."""
+    restarted SuperNode comes back with a new node id). With ``ids`` (the operator's clients file) a
+    node is the client the file binds it to, and refused when it is not in the file or says
+    otherwise. Without, a claim of an id another node already holds is refused, and two nodes
+    claiming one id in the same answer are both refused."""
     deadline = time.monotonic() + timeout
     online = set(link.node_ids())
     nodes = {c: n for c, n in (known or {}).items() if n.node_id in online}
@@ -179,6 +187,8 @@ def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
         for sent, reply in answered:
             try:
                 info = replies.query_reply(reply, sent, num_clients)
+                if ids is not None:
+                    info = replies.NodeInfo(client=ids.bind(reply.node, info.client), holds=info.holds)
             except Refused as exc:
                 journal.refuse(str(exc))
                 continue
@@ -189,9 +199,9 @@ def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
                     journal.refuse(f"{replies.who(node)}: says client-id={client}, which node "
                                    f"{nodes[client].node_id} already is")
             elif len(claimants) > 1:
-                ids = ", ".join(str(n) for n, _ in claimants)
+                named = ", ".join(str(n) for n, _ in claimants)
                 for node, _ in claimants:
-                    journal.refuse(f"{replies.who(node)}: says client-id={client}, as do nodes {ids}: none is trusted")
+                    journal.refuse(f"{replies.who(node)}: says client-id={client}, as do nodes {named}: none is trusted")
             else:
                 nodes[client] = Node(node_id=claimants[0][0], holds=claimants[0][1])
         if len(nodes) < num_clients:

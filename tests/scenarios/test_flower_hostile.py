@@ -333,3 +333,60 @@ def test_an_honest_federation_has_nothing_refused(material, tmp_path):
     assert aggregated(run_dir) == [0, 1, 2]
     rows = [json.loads(line) for line in (run_dir / "flower" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1] and sorted(rows[0]["up"]) == ["0", "1", "2"]
+
+
+# --- identities bound by the operator's clients file --------------------------------------------------
+
+def clients_file(tmp_path: Path, nodes: dict) -> str:
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps({"nodes": {str(k): v for k, v in nodes.items()}}))
+    return str(path)
+
+
+def serve_with(material, tmp_path, link, nodes: dict) -> tuple[int, dict, Path]:
+    global SETTINGS
+    saved, SETTINGS = SETTINGS, dataclasses.replace(SETTINGS, clients_file=clients_file(tmp_path, nodes))
+    try:
+        return serve(material, tmp_path, link)
+    finally:
+        SETTINGS = saved
+
+
+def test_with_a_clients_file_a_node_claiming_another_id_is_refused_and_the_bound_node_is_used(material, tmp_path):
+    # Node 12 answers first (replies arrive newest first) claiming client 1; the file binds node 11 to it
+    link = ScriptedLink(material, lambda l, r, m: [r], claim=1)
+    code, status, run_dir = serve_with(material, tmp_path, link, {10: 0, 11: 1, 12: 2})
+    assert code == 0 and aggregated(run_dir) == [0, 1], status
+    assert set(status["refused"]) == {f"node 12: says client-id=1, but the clients file {tmp_path / 'clients.json'} "
+                                      "binds it to client 2"}  # asked at the start and again at the round's
+
+
+def test_with_a_clients_file_an_unlisted_node_is_refused(material, tmp_path):
+    code, status, run_dir = serve_with(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]), {10: 0, 11: 1})
+    assert code == 0 and aggregated(run_dir) == [0, 1]
+    assert set(status["refused"]) == {f"node 12: not in the clients file {tmp_path / 'clients.json'} (an unregistered node)"}
+
+
+def test_without_a_clients_file_the_server_warns_that_ids_are_self_declared(material, tmp_path, capsys):
+    serve(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]))
+    assert "warning: no clients-file: client ids are what each SuperNode says" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("[1, 2]", 'expected {"nodes"'),
+    ('{"nodes": {"x": 0}}', "node id 'x' is not a non-negative integer"),
+    ('{"nodes": {"10": 3}}', "node 10: client id 3 is outside 0..2"),
+    ('{"nodes": {"10": true}}', "client id True is outside"),
+    ('{"nodes": {"10": 0, "11": 0}}', "client 0 is bound to nodes 10 and 11"),
+    ("{not json", "not JSON"),
+])
+def test_a_bad_clients_file_fails_the_run_with_one_line(material, tmp_path, content, words):
+    path = tmp_path / "clients.json"
+    path.write_text(content)
+    global SETTINGS
+    saved, SETTINGS = SETTINGS, dataclasses.replace(SETTINGS, clients_file=str(path))
+    try:
+        code, status, _ = serve(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]))
+    finally:
+        SETTINGS = saved
+    assert code == 2 and status["state"] == "failed" and words in status["error"] and str(path) in status["error"]
