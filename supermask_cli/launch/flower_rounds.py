@@ -21,6 +21,7 @@ from .. import checkpoint, steps, storage, transport
 from ..config import Config, dump_config
 from ..errors import SupermaskError
 from ..layout import Layout
+from ..steps import admission
 from . import flower_replies as replies
 from . import flower_wire as wire
 from .flower_identity import SELF_DECLARED_WARNING, Identities, load_clients_file
@@ -29,6 +30,7 @@ from .flower_wire import Outgoing, Reply
 
 POLL_SECONDS = 0.5
 REDISCOVER_SECONDS = 15.0  # how long a round start waits for the SuperNode of a client that has none
+MAX_ASKS = 3  # a node whose reply or upload is refused is asked again, this many times in all, while the round lasts
 
 
 class Link(Protocol):
@@ -134,6 +136,9 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
         if rnd == fed.rounds or storage.exists(layout.global_path(rnd + 1)):
             continue
         chosen = steps.write_participants(layout, cfg, rnd)
+        for client, reason in admission.recheck_present(cfg, layout, steps.load_global(layout.global_path(rnd)), rnd,
+                                                        chosen).items():
+            journal.refuse(f"client {client}'s file in round {rnd}: {reason} (moved to rejected/; asked again)")
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
         online = set(link.node_ids())
         if any(c not in nodes or nodes[c].node_id not in online for c in pending):
@@ -277,12 +282,17 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
     by_node = {nodes[c].node_id: c for c in clients if c in nodes}
     delta_ok = fetch is not None and fetch.is_delta
     todo = [message(c, delta_ok and nodes[c].holds == parent) for c in clients if c in nodes]
-    for attempt in range(2):  # a node that cannot rebuild the delta gets the full file once
-        answered, failed = exchange(link, todo, timeout, journal, {n: (c, rnd) for n, c in by_node.items()})
+    sent_full = {c: not (delta_ok and nodes[c].holds == parent) for c in by_node.values()}
+    asked = {c: 1 for c in by_node.values()}
+    deadline = time.monotonic() + timeout
+    while todo:  # a node that cannot rebuild the delta gets the full file; a refused one is asked again
+        answered, failed = exchange(link, todo, max(deadline - time.monotonic(), 0.0), journal,
+                                    {n: (c, rnd) for n, c in by_node.items()})
         failures.update({by_node[n]: reason for n, reason in failed.items()})
         todo = []
         for sent, reply in answered:
             client = by_node[sent.node]
+            again = asked[client] < MAX_ASKS and time.monotonic() < deadline
             try:
                 got = replies.train_reply(reply, sent, max_bytes=max_bytes,
                                           max_examples=cfg.federation.max_client_examples,
@@ -293,7 +303,9 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
                     print(f"supermask: round {rnd}: client {client} refused: {got.reason}", flush=True)
                     continue
                 if got.status == wire.NEED_FULL:
-                    if attempt == 0:
+                    if not sent_full.get(client):
+                        sent_full[client] = True
+                        asked[client] += 1
                         todo.append(message(client, False))
                         continue
                     raise replies.refuse(sent.node, client, "cannot use the full global it was sent")
@@ -301,28 +313,34 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
             except Refused as exc:
                 failures[client] = str(exc)
                 journal.refuse(str(exc))
+                if again:
+                    asked[client] += 1
+                    sent_full[client] = True
+                    todo.append(message(client, False))
                 continue
+            failures.pop(client, None)
             nodes[client].holds = got.holds
             traffic.up[client] = len(got.upload)
-        if not todo:
-            break
     return failures, traffic
 
 
 def _write_upload(layout: Layout, cfg: Config, gl: checkpoint.Checkpoint, rnd: int, client: int, node: int,
                   got: replies.TrainReply) -> None:
-    """Store a node's upload as the client's file once it passes every check ``aggregate`` makes."""
+    """Store a node's upload as the client's file once it passes every check ``aggregate`` makes;
+    else it goes to ``round_R/rejected/`` with its reason, and the node is refused."""
     name = f"{replies.who(node, client)}: its upload"
     try:
-        ckpt = checkpoint.loads(got.upload, name, reference=gl)
-        steps.check_client(ckpt.meta, name, gl, cfg)
+        ckpt = admission.check_upload(got.upload, name, gl, cfg, client)
+        if ckpt.meta.num_examples != got.num_examples:
+            raise SupermaskError(f"{name}: its result says {got.num_examples} examples, its file "
+                                 f"{ckpt.meta.num_examples}")
     except SupermaskError as exc:
-        raise replies.refuse(node, client, str(exc).removeprefix(f"{name}: ")) from None
+        reason = str(exc).removeprefix(f"{name}: ")
     except Exception as exc:  # a file the format checks missed must still not stop the server
-        raise replies.refuse(node, client, f"unreadable upload ({type(exc).__name__})") from None
-    if ckpt.meta.client != client:
-        raise replies.refuse(node, client, f"uploaded a file of client {ckpt.meta.client}")
-    if ckpt.meta.num_examples != got.num_examples:
-        raise replies.refuse(node, client, f"its result says {got.num_examples} examples, its file "
-                                           f"{ckpt.meta.num_examples}")
-    storage.write_atomic(layout.client_path(rnd, client), got.upload, force=True)
+        reason = f"unreadable upload ({type(exc).__name__})"
+    else:
+        storage.write_atomic(layout.client_path(rnd, client), got.upload, force=True)
+        return
+    refusal = replies.refuse(node, client, reason)
+    admission.quarantine(layout, rnd, client, got.upload, str(refusal))
+    raise refusal
