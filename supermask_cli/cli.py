@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import Config, load_config
+from .console import console as err_console
 from .errors import SupermaskError
-from .progress import console as err_console
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -152,7 +152,7 @@ def aggregate(
     Example: `supermask aggregate --config configs/glue_sst2.yaml --round 0 --wait 3600`
     """
     from . import steps
-    from .aggregate import RULES
+    from .rules import RULES
 
     if aggregator is not None and aggregator not in RULES:
         raise SupermaskError(f"--aggregator {aggregator!r}: use one of {', '.join(RULES)}")
@@ -311,10 +311,6 @@ def report(
     out.print(f"wrote {path}")
 
 
-def main() -> None:
-    app()
-
-
 @app.command()
 @user_errors
 def progress(
@@ -390,3 +386,7 @@ def slurm(
             out.print(f"submitted {r['name']}: job {r['id']}", highlight=False)
     if records and not dry_run:
         out.print(f"job ids: {opts.directory / 'jobs.json'}; logs: {opts.directory / 'logs'}")
+
+
+def main() -> None:
+    app()

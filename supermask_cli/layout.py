@@ -41,6 +41,12 @@ class Layout:
     def metrics_path(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "metrics.json")
 
+    @staticmethod
+    def metrics_beside(checkpoint_path: str) -> str:
+        """``metrics.json`` in the folder of a checkpoint outside the run's rounds."""
+        folder = storage.parent(checkpoint_path)
+        return storage.join(folder, "metrics.json") if folder else "metrics.json"
+
     def rounds(self) -> list[int]:
         """Rounds that have a global file, ascending."""
         found = []

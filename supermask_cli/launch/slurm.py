@@ -23,7 +23,6 @@ from ..config import Config
 from ..errors import SupermaskError
 from ..steps.progress import progress
 
-
 ARRAY_TASK = "$SLURM_ARRAY_TASK_ID"  # an array job's client id
 
 
