@@ -41,7 +41,8 @@ from supermask_cli.runlog import write_metrics_rows  # noqa: E402
 from supermask_cli.local_training import batch_order, linear_schedule
 from supermask_cli.runtime import encode_batch, resolve_device  # noqa: E402
 
-# Score learning rates and settings per kind from the centralized probe (DESIGN §7 / README).
+# Score learning rates and settings per kind: the package defaults (README, "Mask kinds";
+# docs/BENCHMARKS.md, "Accuracy at an equal number of examples seen").
 KIND_SETTINGS = {
     "bernoulli": ["mask.kind=bernoulli", "mask.init_density=0.99", "train.lr=0.1"],
     "threshold": ["mask.kind=threshold", "mask.threshold=0.01", "mask.init_score=0.02", "train.lr=0.0003"],
@@ -144,7 +145,10 @@ def federated_full_finetune(cfg: Config, local_steps: int, lr: float) -> dict:
 def federated_lora(cfg: Config, local_steps: int, lr: float, rank: int) -> dict:
     """FedAvg of LoRA (``peft``): rank-``rank`` adapters (alpha = 2·rank, no dropout) on the mask's
     target modules, the classification head trained in full; A, B and head averaged by FedAvg."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise SystemExit("--federated-lora needs peft: pip install -e '.[bench]'") from None
 
     cfg, labels, base, device = plain_model(cfg)
     for p in base.model.parameters():

@@ -9,7 +9,9 @@ Prints one JSON object. Modes (``--modes``, default ``step table``):
   loading). DP batches are Poisson with the same expected size.
 - ``table``: no training. Client-level ε (δ = 1e-5, RDP) after R rounds with every client in every
   round, for noise multipliers z, and what that noise does to one weight's global value: std
-  z·√2·√K / N for a mask count (K = max_flips), z·√2·C / N for a head entry (clip C), N clients.
+  z·√2·√K / N for a mask count (K = max_flips), z·√2·C / N for a head entry (clip C), N clients;
+  and example-level σ for ε 1, 3, 8 on a 6,735-example client at batch 32 (with PRV's ε of that σ).
+  Both of README's "What ε to expect" tables.
 - ``accuracy``: ``steps.run`` of a small federated SST-2 run at each ``--epsilons`` (0 = no privacy),
   example-level, final validation accuracy and ε.
 - ``client``: ``steps.run`` with ``privacy.mode: client`` at ``--clients`` clients.
@@ -74,11 +76,13 @@ def step_ratio(args, root: str) -> dict:
 
 
 def client_table() -> list[dict]:
+    """Client level: ε (δ = 1e-5, RDP) after R rounds at noise multiplier z (README's and
+    docs/BENCHMARKS.md's table), and the z a target ε needs, each with the noise it puts on a global."""
     from supermask_cli.privacy import accountant
 
     rows = []
-    for z in (0.5, 1.0, 2.0, 4.0):
-        for rounds in (10, 50):
+    for z in (0.5, 1.0, 2.0, 4.0, 8.0):
+        for rounds in (1, 10, 50):
             eps = accountant.epsilon("rdp", z, 1.0, rounds, 1e-5)
             rows.append({"z": z, "rounds": rounds, "epsilon": round(eps, 2),
                          **{f"mask_std_N{n}_K1024": round(z * math.sqrt(2 * 1024) / n, 3) for n in (10, 100, 1000)},
@@ -88,6 +92,26 @@ def client_table() -> list[dict]:
             z = accountant.noise_multiplier("rdp", target, 1e-5, 1.0, rounds)
             rows.append({"target_epsilon": target, "rounds": rounds, "z": round(z, 3),
                          **{f"mask_std_N{n}_K1024": round(z * math.sqrt(2 * 1024) / n, 3) for n in (10, 100, 1000)}})
+    return rows
+
+
+EXAMPLE_CLIENT_SIZE = 6735  # SST-2's 67,349 training examples over 10 clients
+EXAMPLE_BATCH = 32
+
+
+def example_table() -> list[dict]:
+    """Example level (README's "What ε to expect"): the σ DP-SGD needs for ε ∈ {1, 3, 8} (δ = 1e-5,
+    RDP) on an SST-2 client of 6,735 examples at batch 32, after 500 and 2,100 steps, and the ε the
+    PRV accountant gives for the same σ."""
+    from supermask_cli.privacy import accountant
+
+    q = EXAMPLE_BATCH / EXAMPLE_CLIENT_SIZE
+    rows = []
+    for steps in (500, 2100):
+        for target in (1.0, 3.0, 8.0):
+            sigma = accountant.noise_multiplier("rdp", target, 1e-5, q, steps)
+            rows.append({"steps": steps, "sample_rate": round(q, 5), "target_epsilon": target, "sigma": round(sigma, 3),
+                         "prv_epsilon": round(accountant.epsilon("prv", sigma, q, steps, 1e-5), 2)})
     return rows
 
 
@@ -133,6 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         if "table" in args.modes:
             out["client_level_table"] = client_table()
+            out["example_level_table"] = example_table()
         if "step" in args.modes:
             out["step"] = step_ratio(args, root)
         if "accuracy" in args.modes:

@@ -33,16 +33,24 @@ PY="$VENV/bin/python"
 CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"
 
 # run_dir and num_clients from the config (with overrides); a config error is reported here, once.
-read -r RUN_DIR NUM_CLIENTS ROUNDS < <("$PY" - "$CONFIG" "${SETS[@]}" <<'EOF'
+# run_dir travels in each SuperNode's --node-config as a double-quoted value: a control character,
+# a quote or a backslash cannot, and is refused with one line (exit 2). One value per line, so
+# spaces survive.
+{ IFS= read -r RUN_DIR; read -r NUM_CLIENTS; read -r ROUNDS; } < <("$PY" - "$CONFIG" "${SETS[@]}" <<'EOF'
 import os, sys
 from supermask_cli.config import load_config
 from supermask_cli.errors import SupermaskError
+from supermask_cli.launch.quoting import refuse_control
 try:
     cfg = load_config(sys.argv[1], sys.argv[2:])
+    run_dir = os.path.abspath(refuse_control("run_dir", cfg.run_dir))
+    if '"' in run_dir or "\\" in run_dir:
+        raise SupermaskError(f"run_dir {run_dir!r}: holds a quote or backslash, which a SuperNode's "
+                             "--node-config cannot carry; use a path without them")
 except SupermaskError as exc:
     print(f"flower_local.sh: {exc}", file=sys.stderr)
     sys.exit(2)
-print(os.path.abspath(cfg.run_dir), cfg.federation.num_clients, cfg.federation.rounds)
+print(run_dir, cfg.federation.num_clients, cfg.federation.rounds, sep="\n")
 EOF
 ) || exit 2
 [ -n "${RUN_DIR:-}" ] || exit 2

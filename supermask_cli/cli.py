@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -106,14 +107,24 @@ def train_client(
     global_path: Annotated[Optional[str], typer.Option("--global", help="Global file to train from.")] = None,
     out_path: Annotated[Optional[str], typer.Option("--out", help="Where to write the upload.")] = None,
     force: ForceOpt = False,
+    privacy_policy: Annotated[Optional[Path], typer.Option(
+        "--privacy-policy", help="This client's privacy policy (YAML): the weakest privacy it accepts and its ledger."
+    )] = None,
 ) -> None:
     """Train one client's mask and head on its own data and write its upload file.
 
     Example: `supermask train-client --config configs/glue_sst2.yaml --client 3`
     """
     from . import steps
+    from .privacy.policy import load_policy
 
-    r = steps.train_client(_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force)
+    policy = load_policy(privacy_policy) if privacy_policy is not None else None
+    r = steps.train_client(_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force,
+                           policy=policy)
+    if r.replayed:
+        out.print(f"round {r.round} was already released by this client: wrote the same upload again to {r.path} "
+                  "(from its ledger; nothing new released)")
+        return
     out.print(_table(f"round {r.round} client {r.client}", [{
         "examples": r.num_examples, "steps": r.steps, "loss": r.mean_loss, "final loss": r.final_loss,
         "ex/s": r.examples_per_s, "density": r.density, "bytes": r.bytes, "bits/weight": r.bits_per_weight,
@@ -202,22 +213,27 @@ def run(
     seeds: Annotated[
         Optional[str], typer.Option("--seeds", help="Comma-separated seeds: one run per seed in RUN_DIR/seed_<s>.")
     ] = None,
+    privacy_policies: Annotated[Optional[Path], typer.Option(
+        "--privacy-policies", help="A directory of client-N.yaml privacy policies, one per simulated client."
+    )] = None,
 ) -> None:
     """Run every round on this machine (init, clients, aggregate, eval); re-run to resume.
 
     Example: `supermask run --config configs/sst2_minilm_offline.yaml`
     """
     from . import seeds as seeding
+    from .privacy.policy import load_policy_dir
 
     base = _config(config, set_)
+    policies = load_policy_dir(privacy_policies, base.federation.num_clients) if privacy_policies else None
     configs = seeding.seed_configs(base, seeding.parse_seeds(seeds)) if seeds is not None else [base]
     for cfg in configs:
-        _run_one(cfg)
+        _run_one(cfg, policies)
     if seeds is not None:
         out.print(f"mean ± std over seeds: supermask report {base.run_dir}")
 
 
-def _run_one(cfg: Config) -> None:
+def _run_one(cfg: Config, policies: dict | None = None) -> None:
     from . import steps
 
     main = steps.metric_names(cfg)[0]
@@ -234,7 +250,10 @@ def _run_one(cfg: Config) -> None:
         rows.append(s.row(main))
         out.print(_table(f"{cfg.run_dir}", rows))
 
-    steps.run(cfg, on_client=on_client, on_round=on_round)
+    def on_refused(client: int, reason: str) -> None:
+        err_console.print(f"  client {client} refused: {reason}", highlight=False, soft_wrap=True, markup=False)
+
+    steps.run(cfg, on_client=on_client, on_round=on_round, policies=policies, on_refused=on_refused)
     out.print(f"metrics: {cfg.run_dir}/metrics.jsonl")
 
 
@@ -311,6 +330,11 @@ def report(
     out.print(f"wrote {path}")
 
 
+from .cli_audit import audit as _audit  # noqa: E402  (its own module; needs no helper of this one)
+
+app.command("audit")(user_errors(_audit))
+
+
 @app.command()
 @user_errors
 def progress(
@@ -381,11 +405,16 @@ def slurm(
         out.print(f"nothing to submit: {opts.rounds} round(s) of {cfg.run_dir} are done")
     for r in records:
         if dry_run:
-            sys.stdout.write(f"# {r['script']}\n{Path(r['script']).read_text()}# {' '.join(r['sbatch'])}\n\n")
+            sys.stdout.write(f"# {r['script']}\n{Path(r['script']).read_text()}# {shlex.join(r['sbatch'])}\n\n")
         else:
             out.print(f"submitted {r['name']}: job {r['id']}", highlight=False)
     if records and not dry_run:
         out.print(f"job ids: {opts.directory / 'jobs.json'}; logs: {opts.directory / 'logs'}")
+
+
+from .cli_secagg import app as _secagg_app  # noqa: E402  (after the shared options it imports)
+
+app.add_typer(_secagg_app, name="secagg")
 
 
 def main() -> None:

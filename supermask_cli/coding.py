@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 import torch
-import zstandard
 
 from supermask_cli.errors import CheckpointError
 
@@ -113,6 +112,10 @@ def entropy_bits(probs: torch.Tensor) -> float:
 
 def zstd_packed_bytes(mask: torch.Tensor, level: int = 19) -> int:
     """Size in bytes of zstandard-compressing `pack_bits(mask)` at `level` (a benchmark baseline)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise ImportError("the zstd baseline needs zstandard: pip install -e '.[bench]'") from None
     return len(zstandard.ZstdCompressor(level=level).compress(pack_bits(mask).numpy().tobytes()))
 
 

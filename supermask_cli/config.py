@@ -130,6 +130,18 @@ class PrivacyConfig(_Section):
         return self
 
 
+class SecureAggregationConfig(_Section):
+    """Secure aggregation (README "Secure aggregation"; DESIGN §9): the aggregator sees only sums."""
+
+    enabled: bool = False
+    threshold: int | None = Field(None, ge=2)  # t; null: secagg.sharing.default_threshold of the round's participants
+
+
+SUM_RULES = ("mean", "bayes")
+"""Aggregation rules that secure aggregation computes exactly: integer-weighted sums of the uploads
+and the survivors' count (``capped`` shares are not integers; the others need every upload)."""
+
+
 class Config(_Section):
     run_dir: str = "runs/default"
     seed: int = 0
@@ -144,6 +156,14 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+
+    @model_validator(mode="after")
+    def _check_secure_aggregation(self) -> Config:
+        if self.secure_aggregation.enabled and self.federation.aggregator not in SUM_RULES:
+            raise ValueError(f"federation.aggregator {self.federation.aggregator!r} is not an integer-weighted sum, the only "
+                             f"thing secure aggregation reveals: use {' or '.join(SUM_RULES)}")
+        return self
 
     @model_validator(mode="after")
     def _check_privacy(self) -> Config:
@@ -163,8 +183,8 @@ class Config(_Section):
 
 # Sections that every participant of a run must agree on; their digest is recorded in
 # every checkpoint. Local choices (batch size, device, paths, learning rates) may differ.
-# ``privacy`` enters the digest only when on, so that runs without it keep their digest.
-CONTRACT_KEYS = ("seed", "model", "task", "mask", "federation", "privacy")
+# ``privacy`` and ``secure_aggregation`` enter the digest only when on, so that runs without them keep their digest.
+CONTRACT_KEYS = ("seed", "model", "task", "mask", "federation", "privacy", "secure_aggregation")
 
 
 def config_digest(cfg: Config) -> str:
@@ -173,6 +193,8 @@ def config_digest(cfg: Config) -> str:
     contract = {key: dumped[key] for key in CONTRACT_KEYS}
     if cfg.privacy.mode == "none":
         del contract["privacy"]
+    if not cfg.secure_aggregation.enabled:  # like privacy: runs without it keep their digest
+        del contract["secure_aggregation"]
     if contract["federation"]["server_head_lr"] is None:  # added later: older runs keep their digest
         del contract["federation"]["server_head_lr"]
     contract["mask"] = {k: v for k, v in contract["mask"].items() if k not in ("eval", "encoding")}

@@ -7,3 +7,7 @@ class SupermaskError(Exception):
 
 class CheckpointError(SupermaskError):
     """A checkpoint file is unreadable, malformed, or does not belong to this run."""
+
+
+class SecureAggregationError(SupermaskError):
+    """A secure-aggregation message is missing, malformed, tampered with, or not what the protocol expects."""

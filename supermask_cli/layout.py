@@ -1,4 +1,5 @@
-"""Where a run's files live: ``<run_dir>/round_RRR/{global.safetensors, participants.json, clients/, metrics.json}``."""
+"""Where a run's files live: ``<run_dir>/round_RRR/{global.safetensors, participants.json, clients/, metrics.json}``,
+and with secure aggregation ``round_RRR/secagg/{keys,shares,unmask}/client_CCC.json`` and ``secagg/survivors.json``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from . import storage
 
 _ROUND = re.compile(r"^round_(\d{3,})$")
 CLIENT_FILE = re.compile(r"^client_(\d{3,})\.safetensors$")
+SECAGG_FILE = re.compile(r"^client_(\d{3,})\.json$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,22 @@ class Layout:
         """``metrics.json`` in the folder of a checkpoint outside the run's rounds."""
         folder = storage.parent(checkpoint_path)
         return storage.join(folder, "metrics.json") if folder else "metrics.json"
+
+    # secure aggregation (DESIGN §9): the public messages of a round; nothing secret lives here
+    def secagg_dir(self, rnd: int) -> str:
+        return storage.join(self.round_dir(rnd), "secagg")
+
+    def secagg_path(self, rnd: int, message: str, client: int) -> str:
+        """``message`` keys | shares | unmask: one file per client."""
+        return storage.join(self.secagg_dir(rnd), message, f"client_{client:03d}.json")
+
+    def secagg_files(self, rnd: int, message: str) -> dict[int, str]:
+        """Client id -> path of round ``rnd``'s ``message`` files."""
+        folder = storage.join(self.secagg_dir(rnd), message)
+        return {int(m.group(1)): storage.join(folder, name) for name in storage.listdir(folder) if (m := SECAGG_FILE.match(name))}
+
+    def survivors_path(self, rnd: int) -> str:
+        return storage.join(self.secagg_dir(rnd), "survivors.json")
 
     def rounds(self) -> list[int]:
         """Rounds that have a global file, ascending."""

@@ -16,7 +16,10 @@ from .errors import SupermaskError
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
         return fsspec.core.url_to_fs(path)
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        hint = "; pip install -e '.[s3]'" if path.startswith(("s3://", "s3a://")) else ""
+        raise SupermaskError(f"'{path}': unsupported storage URL ({exc}{hint})") from None
+    except ValueError as exc:
         raise SupermaskError(f"'{path}': unsupported storage URL ({exc})") from None
 
 

@@ -20,7 +20,7 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise SupermaskError(
-                "tensorboard: true needs the tensorboard package: pip install 'supermask-cli[tensorboard]'"
+                "tensorboard: true needs the tensorboard package: pip install -e '.[tensorboard]'"
             ) from None
         self._writer = SummaryWriter(log_dir=log_dir)
 
@@ -67,7 +67,7 @@ class MlflowLog:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise SupermaskError("tracking: mlflow needs the mlflow package: pip install 'supermask-cli[mlflow]'") from None
+            raise SupermaskError("tracking: mlflow needs the mlflow package: pip install -e '.[mlflow]'") from None
         from . import storage
 
         if uri is None:

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist runs one worker per core (addopts in pyproject.toml): one intra-op thread each,
+    # pytest-xdist runs one worker per core (`-n auto` in README's test command): one intra-op thread each,
     # inherited by the CLI processes the tests start, instead of every process fighting for all cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -261,12 +261,14 @@ def test_ledger_counts_only_the_rounds_a_client_takes_part_in_and_never_less_tha
     assert 0 < len(taken) < 6  # client 1 sits some rounds out
     dp = dpsgd.ExamplePrivacy(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1)
     last = taken[-1]
-    record = ledger.example_record(cfg, 1, last, dp, 5, previous=None)
-    assert record.steps == 5 * len(taken)
+    record = ledger.client_file_record(cfg, None, 1, last, dp, 5, known=[])
+    assert record.steps == 5 * len(taken) and [r.round for r in record.history] == taken
     assert record.epsilon == accountant.epsilon("rdp", 1.0, 0.1, 5 * len(taken), 1e-5)
     assert record.round_epsilon == accountant.epsilon("rdp", 1.0, 0.1, 5, 1e-5)
-    # trained outside the schedule earlier (its last file says more): the file's count wins
-    assert ledger.example_record(cfg, 1, last, dp, 5, previous=100).steps == 105
+    # trained outside the schedule earlier (its last file, of the format without history, says more): it counts
+    older = record.model_copy(update={"steps": 100, "history": []})
+    known = ledger.file_history(older, taken[-2], cfg, 1)
+    assert ledger.client_file_record(cfg, None, 1, last, dp, 5, known=known).steps == 105
     # target ε: the noise is set for every step the client is scheduled for in the whole run
     target = config_from_dict({"seed": 3, "federation": {"num_clients": 4, "clients_per_round": 2, "rounds": 6},
                                "privacy": {"mode": "example", "target_epsilon": 2.0}}, "t")

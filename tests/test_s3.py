@@ -13,8 +13,8 @@ import yaml
 
 from conftest import tiny_config_dict
 
-pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'supermask-cli[test]')")
-pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'supermask-cli[test]')")
+pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[test]')")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -59,12 +60,13 @@ def dry_run(config: Path, *args: str) -> dict[str, dict]:
     for block in result.stdout.strip().split("\n\n"):
         lines = block.splitlines()
         name = Path(lines[0].removeprefix("# ")).stem
-        jobs[name] = {"script": "\n".join(lines[1:-1]), "sbatch": lines[-1].removeprefix("# ").split()}
+        jobs[name] = {"script": "\n".join(lines[1:-1]), "sbatch": shlex.split(lines[-1].removeprefix("# "))}
     return jobs
 
 
 def flag(job: dict, prefix: str) -> str | None:
-    found = [w for w in job["script"].replace("#SBATCH ", "").split() + job["sbatch"] if w.startswith(prefix)]
+    header = [w for line in job["script"].splitlines() if line.startswith("#SBATCH ") for w in shlex.split(line[8:])]
+    found = [w for w in header + job["sbatch"] if w.startswith(prefix)]
     assert len(found) <= 1, found
     return found[0] if found else None
 

@@ -21,7 +21,7 @@ def test_flat_params_names_nested_keys_and_keeps_nulls():
 
 def test_missing_mlflow_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # makes `import mlflow.tracking` fail
-    with pytest.raises(SupermaskError, match="pip install 'supermask-cli\\[mlflow\\]'"):
+    with pytest.raises(SupermaskError, match=r"pip install -e '\.\[mlflow\]'"):
         tracking.MlflowLog(str(tmp_path), None, {})
 
 

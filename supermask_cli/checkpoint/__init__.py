@@ -42,28 +42,10 @@ from .. import coding, storage
 from ..errors import CheckpointError, SupermaskError
 from ..mask.kinds import kind_of
 from .meta import (  # noqa: F401  (the schema and constants are part of this module's API)
-    BAYES_GROUPS,
-    CODED_ENCODINGS,
-    FLIP_RATE_RANGE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    GROUPS,
-    MAX_ENTRIES,
-    MAX_FILE_BYTES,
-    MAX_HEADER_BYTES,
-    META_KEY,
-    OPT_GROUPS,
-    STATE_GROUPS,
-    AggregationMeta,
-    BaseModelMeta,
-    Checkpoint,
-    ClientPrivacy,
-    ClientRecord,
-    DroppedRecord,
-    FileMeta,
-    PoolMeta,
-    RunPrivacy,
-    TargetMeta,
+    BAYES_GROUPS, CODED_ENCODINGS, FLIP_RATE_RANGE, FORMAT_NAME, FORMAT_VERSION, GROUPS,
+    MAX_ENTRIES, MAX_FILE_BYTES, MAX_HEADER_BYTES, META_KEY, OPT_GROUPS, STATE_GROUPS,
+    AggregationMeta, BaseModelMeta, Checkpoint, ClientPrivacy, ClientRecord, DroppedRecord,
+    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, TargetMeta,
 )
 
 

@@ -72,9 +72,21 @@ class PoolMeta(_Strict):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class PrivacyRelease(_Strict):
+    """One round's release by one client: its steps of the subsampled Gaussian mechanism."""
+
+    round: int = Field(ge=0)
+    noise_multiplier: float = Field(ge=0.0)
+    sample_rate: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=0)
+
+
 class ClientPrivacy(_Strict):
     """A client file's privacy ledger (README "Privacy"): everything the accountant needs to
-    recompute ``epsilon``; ``steps`` and ``epsilon`` are cumulative over the run for this client."""
+    recompute ``epsilon``; ``steps`` and ``epsilon`` are cumulative over the run for this client,
+    composed over ``history`` (one release per round it took part in; ``noise_multiplier`` and
+    ``sample_rate`` are this round's). Files written before ``history`` existed have an empty one:
+    all their steps had this file's (σ, q)."""
 
     mode: Literal["example", "client"]
     noise_multiplier: float = Field(ge=0.0)
@@ -87,6 +99,7 @@ class ClientPrivacy(_Strict):
     round_epsilon: float | None = Field(ge=0.0)  # this round's steps alone
     accountant: Literal["rdp", "prv", "pld"]
     accountant_version: str
+    history: list[PrivacyRelease] = Field(default_factory=list)
 
 
 class RunPrivacy(_Strict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from .. import storage
 from ..config import Config
 from ..errors import SupermaskError
 from ..steps.progress import progress
+from .quoting import refuse_control, sbatch_arg, sbatch_value, shell_word
 
 ARRAY_TASK = "$SLURM_ARRAY_TASK_ID"  # an array job's client id
 
@@ -48,6 +48,7 @@ class Options:
     aggregate_wait: int = 0
     python: str = sys.executable
     workdir: Path = field(default_factory=Path.cwd)
+    explicit_directory: bool = False  # --slurm-dir given (names it in refusals)
 
 
 def default_gpus(cfg: Config) -> int:
@@ -97,25 +98,31 @@ def _job_prefix(cfg: Config) -> str:
 
 
 def _quote(word: str) -> str:
-    return f'"{ARRAY_TASK}"' if word == ARRAY_TASK else shlex.quote(word)
+    return f'"{ARRAY_TASK}"' if word == ARRAY_TASK else shell_word("a word of the job's command", word)
+
+
+def header(cfg: Config, job: Job, opts: Options) -> list[str]:
+    """The job's ``#SBATCH`` options, each value double-quoted (:func:`quoting.sbatch_value`)."""
+    logs = sbatch_value(_directory_what(opts), str(opts.directory / "logs"), path=True)[1:-1]
+    log = f"{logs}/{'%x-%A_%a.out' if job.array else '%x-%j.out'}"
+    lines = [f"--job-name={sbatch_value('the job name', f'{_job_prefix(cfg)}.{job.name}')}", f'--output="{log}"',
+             "--kill-on-invalid-dep=yes", f"--chdir={sbatch_value('the working directory', str(opts.workdir), path=True)}"]
+    if job.array:
+        limit = f"%{opts.array_parallelism}" if opts.array_parallelism else ""
+        lines.append(f"--array={','.join(map(str, job.array))}{limit}")
+    if job.gpus:
+        lines.append(f"--gres=gpu:{job.gpus}")
+    return lines
 
 
 def script(cfg: Config, job: Job, opts: Options) -> str:
     """The job's bash script: #SBATCH header (name, log, array, GPUs) and its one CLI command."""
-    log = opts.directory / "logs" / ("%x-%A_%a.out" if job.array else "%x-%j.out")
-    header = [f"--job-name={_job_prefix(cfg)}.{job.name}", f"--output={log}", "--kill-on-invalid-dep=yes",
-              f"--chdir={opts.workdir}"]
-    if job.array:
-        limit = f"%{opts.array_parallelism}" if opts.array_parallelism else ""
-        header.append(f"--array={','.join(map(str, job.array))}{limit}")
-    if job.gpus:
-        header.append(f"--gres=gpu:{job.gpus}")
     base = [opts.python, "-m", "supermask_cli"]
     common = ["--config", str(opts.config), *(a for o in opts.overrides for a in ("--set", o))]
     command = " ".join(map(_quote, [*base, job.args[0], *common, *job.args[1:]]))
     return "\n".join([
         "#!/bin/bash",
-        *(f"#SBATCH {h}" for h in header),
+        *(f"#SBATCH {h}" for h in header(cfg, job, opts)),
         f"# written by `supermask slurm`: {job.name}",
         "set -euo pipefail",
         "export PYTHONUNBUFFERED=1",
@@ -190,11 +197,34 @@ def submit(cfg: Config, opts: Options, *, dry_run: bool = False) -> list[dict]:
     return records
 
 
+def _directory_what(opts: Options) -> str:
+    return "--slurm-dir" if opts.explicit_directory else "run_dir (its slurm/ folder)"
+
+
+def check_options(opts: Options) -> Options:
+    """Refuse, with one line naming the option, every value a job script or sbatch could misread."""
+    refuse_control("--config", str(opts.config))
+    for o in opts.overrides:
+        refuse_control("--set", o)
+    for a in opts.sbatch_args:
+        sbatch_arg(a)
+    refuse_control("the Python interpreter", opts.python)
+    sbatch_value(_directory_what(opts), str(opts.directory / "logs"), path=True)
+    sbatch_value("the working directory", str(opts.workdir), path=True)
+    return opts
+
+
 def options(cfg: Config, config: Path, overrides: list[str], *, rounds: int | None, array_parallelism: int | None,
             sbatch_args: list[str], gpus_per_client: int | None, aggregate_wait: int, directory: str | None) -> Options:
     if array_parallelism is not None and array_parallelism < 1:
         raise SupermaskError(f"--array-parallelism {array_parallelism}: must be at least 1")
-    return Options(
+    for o in overrides:
+        refuse_control("--set", o)
+    if directory is not None:
+        refuse_control("--slurm-dir", directory)
+    else:
+        refuse_control("run_dir", cfg.run_dir)
+    return check_options(Options(
         config=config.resolve(),
         overrides=list(overrides),
         directory=Path(directory).resolve() if directory else slurm_dir(cfg),
@@ -204,4 +234,5 @@ def options(cfg: Config, config: Path, overrides: list[str], *, rounds: int | No
         gpus_per_client=default_gpus(cfg) if gpus_per_client is None else gpus_per_client,
         aggregate_wait=aggregate_wait,
         python=os.path.abspath(sys.executable),
-    )
+        explicit_directory=directory is not None,
+    ))

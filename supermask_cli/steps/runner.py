@@ -10,6 +10,7 @@ from typing import Any
 from .. import checkpoint, storage
 from ..config import Config
 from ..layout import Layout
+from ..privacy.policy import ClientPolicy, PolicyRefusal
 from ..runlog import AggregateResult, read_metrics, upload_summary
 from ..tracking import TensorBoardLog, mlflow_for
 from .aggregation import aggregate
@@ -42,13 +43,21 @@ class RoundSummary:
         }
 
 
-def _train_round(cfg: Config, layout: Layout, rnd: int, on_client: Callable[[ClientResult], None] | None) -> list[ClientResult]:
-    """Train the round's sampled clients whose upload is not there yet."""
+def _train_round(cfg: Config, layout: Layout, rnd: int, on_client: Callable[[ClientResult], None] | None,
+                 policies: dict[int, ClientPolicy] | None = None,
+                 on_refused: Callable[[int, str], None] | None = None) -> list[ClientResult]:
+    """Train the round's sampled clients whose upload is not there yet; a client whose privacy
+    policy refuses the round uploads nothing (as it would on its own machine)."""
     results = []
     for client in write_participants(layout, cfg, rnd):
         if storage.exists(layout.client_path(rnd, client)):
             continue
-        result = train_client(cfg, client, rnd=rnd)
+        try:
+            result = train_client(cfg, client, rnd=rnd, policy=(policies or {}).get(client))
+        except PolicyRefusal as exc:
+            if on_refused:
+                on_refused(client, str(exc))
+            continue
         results.append(result)
         if on_client:
             on_client(result)
@@ -60,8 +69,11 @@ def run(
     *,
     on_client: Callable[[ClientResult], None] | None = None,
     on_round: Callable[[RoundSummary], None] | None = None,
+    policies: dict[int, ClientPolicy] | None = None,
+    on_refused: Callable[[int, str], None] | None = None,
 ) -> list[RoundSummary]:
-    """Every step of every round on this machine; steps whose output exists are skipped (resume)."""
+    """Every step of every round on this machine; steps whose output exists are skipped (resume).
+    ``policies``: each simulated client's privacy policy (``--privacy-policies``), by client id."""
     layout = Layout(cfg.run_dir)
     if not storage.exists(layout.global_path(0)):
         _, cfg = init(cfg)
@@ -80,7 +92,7 @@ def run(
         summary = RoundSummary(round=rnd, metrics=metrics)
         if rnd < cfg.federation.rounds:
             if not storage.exists(layout.global_path(rnd + 1)):
-                summary.clients = _train_round(cfg, layout, rnd, on_client)
+                summary.clients = _train_round(cfg, layout, rnd, on_client, policies, on_refused)
                 summary.upload = aggregate(cfg, rnd=rnd)
             else:
                 summary.upload = upload_summary(layout, rnd)

@@ -20,17 +20,15 @@ from ..local_training import (
 )
 from ..mask.kinds import kind_of
 from ..masked_model import trainable_from_global, upload_tensors
-from ..privacy import client_level, ledger
+from ..data import Examples
+from ..privacy import client_level
+from ..privacy.dpsgd import ExamplePrivacy
+from ..privacy.policy import ClientPolicy
 from ..runtime import resolve_device
-from .checks import (
-    check_base_matches,
-    derive_seed,
-    load_base,
-    open_round,
-    refuse_existing,
-)
+from .checks import check_base_matches, derive_seed, load_base, open_round, refuse_existing
 from .participants import sampled, write_participants
 from .pool import client_examples
+from .release import Release, open_release
 
 # Training draws from derive_seed(run seed, round, client); the upload from the same parts plus
 # UPLOAD_STREAM, so its draws never repeat the first training step's (same probs, same stream).
@@ -57,6 +55,7 @@ class ClientResult:
     bits_per_weight: float
     density: float
     encoding: str
+    replayed: bool = False  # the same upload as an earlier request's, from the client's ledger (nothing new released)
 
 
 def preferred_encoding(bits: dict[str, int]) -> str:
@@ -116,8 +115,10 @@ def train_client(
     global_path: str | None = None,
     out: str | None = None,
     force: bool = False,
+    policy: ClientPolicy | None = None,
 ) -> ClientResult:
-    """Train client ``client`` from a global file and write its upload."""
+    """Train client ``client`` from a global file and write its upload; with the client's privacy
+    ``policy``, only a release that policy allows (``steps.release``)."""
     layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
     if not 0 <= client < cfg.federation.num_clients:
@@ -136,20 +137,32 @@ def train_client(
     if global_path is None:
         write_participants(layout, cfg, rnd)  # the round's record, should its writer have been killed
     examples = client_examples(cfg, client, gl.meta.labels, gl.meta.pool)
+    settings = train_settings(cfg, derive_seed(cfg.seed, rnd, client))
+    steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
+    with open_release(cfg, layout, client, rnd, gl.digest, examples, policy) as release:
+        if release.replay is not None:
+            assert release.replayed is not None
+            storage.write_atomic(path, release.replay, force=force)
+            return ClientResult(path=path, round=rnd, client=client, replayed=True, **release.replayed.numbers)
+        dp = release.example_settings(len(examples), settings.batch_size, steps)
+        release.check(dp, steps)  # refused here, before training, if the policy does not allow it
+        return _train_and_write(cfg, gl, client, rnd, path, force, examples, settings, steps, release, dp)
+
+
+def _train_and_write(
+    cfg: Config, gl: Checkpoint, client: int, rnd: int, path: str, force: bool, examples: Examples,
+    settings: TrainSettings, steps: int, release: Release, dp: ExamplePrivacy | None,
+) -> ClientResult:
     base = load_base(cfg, gl.meta.labels)
     check_base_matches(base, gl)
     device = resolve_device(cfg.train.device)
     base.model.to(device)
     layers, head_params = trainable_from_global(base, gl, tau=cfg.mask.threshold, init_score=cfg.mask.init_score)
-    settings = train_settings(cfg, derive_seed(cfg.seed, rnd, client))
-    steps = planned_steps(len(examples), settings.batch_size, settings.max_steps, settings.epochs)
-    dp = None
-    if cfg.privacy.mode == "example":
-        dp = ledger.example_settings(cfg, client, len(examples), settings.batch_size, steps)
     stats = train_masks(
         base.model, layers, head_params, base.tokenizer, examples, settings, device, cfg.train.precision,
         description=f"round {rnd} client {client}", privacy=dp,
     )
+    assert stats.steps == steps  # what the release was checked for
     named_head = {n: p for n, p in base.model.named_parameters() if n in gl.meta.head}
     upload_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, rnd, client, UPLOAD_STREAM))
     tensors = upload_tensors(layers, named_head, cfg.mask.kind, upload_rng)
@@ -164,16 +177,15 @@ def train_client(
             "parent_digest": gl.digest,
             "aggregation": None,
             "server_state": [],
-            "privacy": ledger.client_file_record(cfg, layout, client, rnd, dp, stats.steps),
+            "privacy": release.file_record(dp, stats.steps),
             "created_by": f"supermask {__version__}",
         }
     )
     meta, stored = choose_encoding(meta, tensors, gl, cfg.mask.encoding)
     data_bytes = checkpoint.serialize(meta, stored)
-    storage.write_atomic(path, data_bytes, force=force)
     masks = [v for k, v in tensors.items() if k.startswith("mask/")]
     kept = sum(int(m.sum()) for m in masks)
-    return ClientResult(
+    result = ClientResult(
         path=path,
         round=rnd,
         client=client,
@@ -188,3 +200,7 @@ def train_client(
         density=kept / meta.num_weights if masks else 1.0,
         encoding=meta.encoding,
     )
+    numbers = {k: v for k, v in vars(result).items() if k not in ("path", "round", "client", "replayed")}
+    release.record(data_bytes, meta.privacy, numbers)  # the client's ledger first: a crash after it replays
+    storage.write_atomic(path, data_bytes, force=force)
+    return result

@@ -1,0 +1,305 @@
+"""Secure aggregation through files (DESIGN §9): the client steps ``keys``, ``shares`` and
+``unmask``, the masked input, and the server's survivor list and unmasked sum.
+
+Public messages live under ``<run_dir>/round_RRR/secagg/`` (:class:`..layout.Layout`); each client's
+private keys, self-mask seed and reveal record live in its :class:`..secagg.keystore.KeyStore`
+(``--secrets``; default ``~/.supermask/secagg/<run id>/client-<i>``), never under ``<run_dir>``.
+Every step derives its state from those two places and can be re-run: a message already written
+is left as it is (and must equal what the step would write). Share indices are the positions in
+the round's sampled participants (+1), so clients that see different sets of keys still agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint, storage
+from ..config import Config, config_digest
+from ..errors import SecureAggregationError
+from ..layout import Layout
+from ..secagg import agreement, masking, messages, recovery, sharing
+from ..secagg.agreement import Context
+from ..secagg.keystore import KeyStore
+from .checks import latest_round
+from .participants import sampled
+from .pool import resolved
+
+SECRETS_ROOT = Path("~/.supermask/secagg")
+MAX_MESSAGE_BYTES = 64 << 20
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    layout: Layout
+    ctx: Context
+    participants: list[int]
+    threshold: int
+
+    @property
+    def rnd(self) -> int:
+        return self.ctx.round
+
+    def index(self, client: int) -> int:
+        return self.participants.index(client) + 1
+
+
+def open_secure_round(cfg: Config, rnd: int | None) -> SecureRound:
+    """Round ``rnd`` (default: the latest with a global) with its context, participants and t."""
+    if not cfg.secure_aggregation.enabled:
+        raise SecureAggregationError("secure_aggregation.enabled is false in this config")
+    layout = Layout(cfg.run_dir)
+    rnd = latest_round(layout) if rnd is None else rnd
+    meta = checkpoint.read_meta(layout.global_path(rnd))
+    if config_digest(resolved(cfg, meta.labels, meta.pool)) != meta.config_digest:
+        raise SecureAggregationError(f"{layout.global_path(rnd)}: written under another config (config digest differs)")
+    participants = sorted(sampled(cfg, rnd))
+    t = cfg.secure_aggregation.threshold or sharing.default_threshold(len(participants))
+    sharing.check_threshold(t, len(participants))
+    return SecureRound(layout, Context(meta.config_digest, rnd), participants, t)
+
+
+def keystore(cfg: Config, client: int, secrets: str | os.PathLike | None = None) -> KeyStore:
+    """The client's secrets directory, refused when inside the run directory."""
+    if secrets is None:
+        run_id = hashlib.sha256(f"{config_digest(cfg)}\0{cfg.run_dir}".encode()).hexdigest()[:16]
+        secrets = SECRETS_ROOT / run_id / f"client-{client}"
+    store = KeyStore(secrets)
+    store.check_outside(cfg.run_dir)
+    return store
+
+
+def _member(sr: SecureRound, client: int) -> None:
+    if client not in sr.participants:
+        raise SecureAggregationError(f"round {sr.rnd}: client {client} is not a participant (participants: {sr.participants})")
+
+
+def _read(path: str, message: str, sr: SecureRound, client: int | None = None) -> dict:
+    data = storage.read_bytes(path, MAX_MESSAGE_BYTES, what=f"secure-aggregation {message} file")
+    return messages.loads(data, message, where=f"'{path}'", rnd=sr.rnd, config_digest=sr.ctx.run_digest, client=client)
+
+
+def _publish(path: str, blob: bytes) -> str:
+    """Write a message once; re-running a step must produce the same bytes."""
+    if storage.exists(path):
+        if storage.read_bytes(path, MAX_MESSAGE_BYTES) != blob:
+            raise SecureAggregationError(f"'{path}' already holds another message than this step writes now")
+        return path
+    storage.write_atomic(path, blob)
+    return path
+
+
+def _state(store: KeyStore, sr: SecureRound, client: int) -> dict:
+    state = store.read(sr.rnd)
+    if state is None:
+        raise SecureAggregationError(f"round {sr.rnd}: client {client} has no keys in '{store.dir}'; run `supermask secagg keys` first")
+    if state.get("config_digest") != sr.ctx.run_digest or state.get("client") != client:
+        raise SecureAggregationError(f"'{store.path(sr.rnd)}' belongs to another run or client")
+    return state
+
+
+def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None) -> str:
+    """``secagg keys``: this round's two fresh public keys (private keys and self-mask seed kept)."""
+    sr = open_secure_round(cfg, rnd)
+    _member(sr, client)
+    store = keystore(cfg, client, secrets)
+    path = sr.layout.secagg_path(sr.rnd, "keys", client)
+    if store.read(sr.rnd) is None:
+        if storage.exists(path):
+            raise SecureAggregationError(f"'{path}' was published from another secrets directory than '{store.dir}'; pass its --secrets")
+        store.write(sr.rnd, {"client": client, "config_digest": sr.ctx.run_digest, "channel_private": agreement.new_private_key().hex(),
+                             "mask_private": agreement.new_private_key().hex(), "self_seed": os.urandom(32).hex(),
+                             "masked": False, "revealed": {}})
+    state = _state(store, sr, client)
+    if state["masked"] and not storage.exists(path):
+        raise SecureAggregationError(f"round {sr.rnd}: client {client}'s keys in '{store.dir}' already masked an input whose "
+                                     "messages are gone; reusing them would leak it: delete that directory's round file to start afresh")
+    blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client,
+                          channel_public=agreement.public_key(bytes.fromhex(state["channel_private"])).hex(),
+                          mask_public=agreement.public_key(bytes.fromhex(state["mask_private"])).hex())
+    return _publish(path, blob)
+
+
+def public_keys(sr: SecureRound) -> dict[int, dict]:
+    """Participant -> its parsed keys message, for every participant whose keys are in."""
+    files = sr.layout.secagg_files(sr.rnd, "keys")
+    return {c: _read(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+
+
+def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None, wait: float = 0.0) -> str:
+    """``secagg shares``: once every participant's keys are in (or ``wait`` seconds ran out), seal
+    this client's shares of its self-mask seed and mask key for every participant with keys."""
+    sr = open_secure_round(cfg, rnd)
+    _member(sr, client)
+    state = _state(keystore(cfg, client, secrets), sr, client)
+    path = sr.layout.secagg_path(sr.rnd, "shares", client)
+    if storage.exists(path):
+        return path
+    deadline = time.monotonic() + wait
+    while len(sr.layout.secagg_files(sr.rnd, "keys").keys() & set(sr.participants)) < len(sr.participants) and time.monotonic() < deadline:
+        time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+    keys = public_keys(sr)
+    if client not in keys:
+        raise SecureAggregationError(f"round {sr.rnd}: client {client}'s keys are not published; run `supermask secagg keys` first")
+    if len(keys) < sr.threshold:
+        missing = ", ".join(str(c) for c in sr.participants if c not in keys)
+        raise SecureAggregationError(f"round {sr.rnd}: keys of {len(keys)} of {len(sr.participants)} participants are in, "
+                                     f"fewer than the threshold {sr.threshold}; missing clients {missing}")
+    n = len(sr.participants)
+    self_shares = sharing.split(bytes.fromhex(state["self_seed"]), sr.threshold, n)
+    pair_shares = sharing.split(bytes.fromhex(state["mask_private"]), sr.threshold, n)
+    holders = {}
+    for holder, msg in keys.items():
+        k = sr.index(holder) - 1
+        key = agreement.channel_key(bytes.fromhex(state["channel_private"]), msg["channel_public"], sr.ctx, client, holder)
+        holders[str(holder)] = {
+            "sealed": agreement.seal(key, self_shares[k] + pair_shares[k], sr.ctx, client, holder).hex(),
+            "self_digest": sharing.share_digest(sr.ctx, "self", client, holder, self_shares[k]),
+            "pair_digest": sharing.share_digest(sr.ctx, "pair", client, holder, pair_shares[k]),
+        }
+    return _publish(path, messages.dumps("shares", sr.rnd, sr.ctx.run_digest, client=client, threshold=sr.threshold, holders=holders))
+
+
+def shares_messages(sr: SecureRound) -> dict[int, dict]:
+    files = sr.layout.secagg_files(sr.rnd, "shares")
+    out = {c: _read(p, "shares", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+    for owner, msg in out.items():
+        if msg["threshold"] != sr.threshold:
+            raise SecureAggregationError(f"'{files[owner]}': threshold {msg['threshold']}, but this round's is {sr.threshold}")
+    return out
+
+
+def holdings(sr: SecureRound, client: int, state: dict) -> dict[int, dict[str, bytes]]:
+    """Owner -> the two shares it sealed for ``client``, opened and checked against its digests."""
+    keys, out = public_keys(sr), {}
+    for owner, msg in shares_messages(sr).items():
+        if client not in msg["holders"] or owner not in keys:
+            continue
+        entry = msg["holders"][client]
+        key = agreement.channel_key(bytes.fromhex(state["channel_private"]), keys[owner]["channel_public"], sr.ctx, owner, client)
+        plain = agreement.open_sealed(key, entry["sealed"], sr.ctx, owner, client)
+        if len(plain) != 2 * sharing.SHARE_BYTES:
+            raise SecureAggregationError(f"round {sr.rnd}: the shares from client {owner} to client {client} are {len(plain)} bytes")
+        got = {"self": plain[:sharing.SHARE_BYTES], "pair": plain[sharing.SHARE_BYTES:]}
+        for kind, share in got.items():
+            if sharing.share_digest(sr.ctx, kind, owner, client, share) != entry[f"{kind}_digest"].hex():
+                raise SecureAggregationError(f"round {sr.rnd}: the {kind} share client {owner} sealed for client {client} "
+                                             "does not match the digest it published")
+        out[owner] = got
+    return out
+
+
+def mask_peers(sr: SecureRound, client: int, shares: dict[int, dict] | None = None) -> list[int]:
+    """The peers ``client`` masks with: those whose shares it holds and who hold its shares (a
+    peer whose keys came after this client sealed its shares is left out, on both sides)."""
+    shares = shares_messages(sr) if shares is None else shares
+    if client not in shares:
+        raise SecureAggregationError(f"round {sr.rnd}: client {client} has not sealed its shares; run `supermask secagg shares` first")
+    return sorted(j for j, msg in shares.items() if j != client and client in msg["holders"] and j in shares[client]["holders"])
+
+
+def mask_input(cfg: Config, client: int, x: dict[str, np.ndarray], bits: dict[str, int], rnd: int | None = None,
+               secrets: str | None = None) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The masked input y (and the peers it is masked with, to record in the upload). The keys are
+    marked used before y exists, so that they are never published again for another input."""
+    sr = open_secure_round(cfg, rnd)
+    store = keystore(cfg, client, secrets)
+    state = _state(store, sr, client)
+    peers = mask_peers(sr, client)
+    keys = public_keys(sr)
+    seeds = {j: agreement.pair_seed(bytes.fromhex(state["mask_private"]), keys[j]["mask_public"], sr.ctx, client, j) for j in peers}
+    if not state["masked"]:
+        store.write(sr.rnd, {**state, "masked": True})
+    return masking.mask(x, bits, client, bytes.fromhex(state["self_seed"]), seeds), peers
+
+
+def write_survivors(cfg: Config, uploads: dict[int, list[int]], rnd: int | None = None) -> tuple[str, list[int], list[int]]:
+    """Server: from the masked uploads in (client -> the peers it masked with) pick the survivors —
+    uploads whose peers all sealed shares and agree pairwise (a disagreeing pair loses its higher
+    id) — and the dropped clients whose mask keys are needed; write ``survivors.json``."""
+    sr = open_secure_round(cfg, rnd)
+    shared = set(shares_messages(sr))
+    survivors = {i for i, peers in uploads.items() if i in shared and set(peers) <= shared - {i}}
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(survivors):
+            bad = [j for j in sorted(survivors - {i}) if (j in uploads[i]) != (i in uploads[j])]
+            if bad:
+                survivors.discard(max(i, bad[0]))
+                changed = True
+                break
+    dropped = sorted({j for i in survivors for j in uploads[i]} - survivors)
+    if len(survivors) < sr.threshold:
+        missing = ", ".join(str(c) for c in sr.participants if c not in survivors)
+        raise SecureAggregationError(f"round {sr.rnd}: {len(survivors)} of {len(sr.participants)} participants survived, fewer than "
+                                     f"the threshold {sr.threshold}; cannot unmask; missing clients {missing}")
+    blob = messages.dumps("survivors", sr.rnd, sr.ctx.run_digest, threshold=sr.threshold, participants=sr.participants,
+                          survivors=sorted(survivors), dropped=dropped)
+    return _publish(sr.layout.survivors_path(sr.rnd), blob), sorted(survivors), dropped
+
+
+def read_survivors(sr: SecureRound) -> dict:
+    path = sr.layout.survivors_path(sr.rnd)
+    if not storage.exists(path):
+        raise SecureAggregationError(f"round {sr.rnd}: no survivor list yet ('{path}'); `supermask aggregate` writes it once the masked uploads are in")
+    msg = _read(path, "survivors", sr)
+    if msg["participants"] != sr.participants or msg["threshold"] != sr.threshold:
+        raise SecureAggregationError(f"'{path}': participants or threshold differ from this round's")
+    return msg
+
+
+def reveal(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None) -> str:
+    """``secagg unmask``: this client's answer to the survivor list — one kind of share per peer.
+    What it reveals is recorded in its secrets before the answer is published."""
+    sr = open_secure_round(cfg, rnd)
+    store = keystore(cfg, client, secrets)
+    state = _state(store, sr, client)
+    listed = read_survivors(sr)
+    revealed = {int(k): v for k, v in state["revealed"].items()}
+    answer, revealed = recovery.answer(sr.ctx, client, sr.threshold, holdings(sr, client, state),
+                                       set(listed["survivors"]), set(listed["dropped"]), revealed)
+    store.write(sr.rnd, {**state, "revealed": {str(k): v for k, v in sorted(revealed.items())}})
+    blob = messages.dumps("unmask", sr.rnd, sr.ctx.run_digest, client=client,
+                          self=messages.hexmap(answer["self"]), pair=messages.hexmap(answer["pair"]))
+    return _publish(sr.layout.secagg_path(sr.rnd, "unmask", client), blob)
+
+
+def unmask_answers(sr: SecureRound) -> dict[int, dict]:
+    """Survivor -> its parsed unmask answer, for the answers in so far."""
+    listed = read_survivors(sr)
+    files = sr.layout.secagg_files(sr.rnd, "unmask")
+    return {c: _read(p, "unmask", sr, c) for c, p in sorted(files.items()) if c in listed["survivors"]}
+
+
+def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], rnd: int | None = None) -> dict[str, np.ndarray]:
+    """Server: Σ x over the survivors from Σ y (the survivors' masked uploads, added mod 2^k)."""
+    sr = open_secure_round(cfg, rnd)
+    listed = read_survivors(sr)
+    shares = shares_messages(sr)
+    digests = {(kind, owner, holder): entry[f"{kind}_digest"].hex()
+               for owner, msg in shares.items() for holder, entry in msg["holders"].items() for kind in sharing.KINDS}
+    mask_public = {c: msg["mask_public"] for c, msg in public_keys(sr).items()}
+    answers = {c: {"self": a["self"], "pair": a["pair"]} for c, a in unmask_answers(sr).items()}
+    self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),
+                                         answers, digests, mask_public)
+    return masking.unmask(total, bits, self_seeds, pairs)
+
+
+def waiting_for(cfg: Config, rnd: int | None = None) -> str | None:
+    """What the server still waits for before it can unmask round ``rnd`` (None: nothing)."""
+    sr = open_secure_round(cfg, rnd)
+    if not storage.exists(sr.layout.survivors_path(sr.rnd)):
+        return f"round {sr.rnd}: the survivor list is not written yet"
+    listed, answers = read_survivors(sr), unmask_answers(sr)
+    if len(answers) >= sr.threshold:
+        return None
+    pending = ", ".join(str(c) for c in listed["survivors"] if c not in answers)
+    return (f"round {sr.rnd}: {len(answers)} of the {sr.threshold} unmask answers needed are in; "
+            f"waiting for `supermask secagg unmask` of clients {pending}")
