@@ -1,11 +1,13 @@
-"""Tests for supermask_cli.aggregate: every rule against hand-computed values."""
+"""Tests for supermask_cli.rules: every rule against hand-computed values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from supermask_cli import aggregate as agg
+from conftest import aggregate_stacked
+from supermask_cli import checkpoint
+from supermask_cli import rules as agg
 from supermask_cli.mask.functions import PROB_EPS
 from supermask_cli.server_opt import ServerOptimizer
 
@@ -167,28 +169,28 @@ def test_finalize_scaling_passes_through():
 
 def test_aggregate_stacked_applies_server_lr_for_scaling():
     clients = [{"scale/a": _t([1.0, 3.0])}, {"scale/a": _t([3.0, 1.0])}]
-    out = agg.aggregate_stacked(
+    out = aggregate_stacked(
         clients, [1.0, 1.0], "scaling", "median", previous={"scale/a": _t([1.0, 1.0])}, server=ServerOptimizer(lr=0.5)
     )
     assert torch.equal(out["scale/a"], _t([1.5, 1.5]))
 
 
 def test_global_key():
-    assert agg.global_key("mask/m", "bernoulli") == "probs/m"
-    assert agg.global_key("mask/m", "threshold") == "mask/m"
-    assert agg.global_key("head/m", "bernoulli") == "head/m"
-    assert agg.global_key("scale/m", "scaling") == "scale/m"
+    assert checkpoint.global_key("mask/m", "bernoulli") == "probs/m"
+    assert checkpoint.global_key("mask/m", "threshold") == "mask/m"
+    assert checkpoint.global_key("head/m", "bernoulli") == "head/m"
+    assert checkpoint.global_key("scale/m", "scaling") == "scale/m"
 
 
 def test_aggregate_stacked_threshold_majority():
     # two clients, equal weights: a 1/0 split is a tie and is kept
     c0 = {"mask/a": torch.tensor([True, True, False, False]), "head/h": _t([1.0, 0.0])}
     c1 = {"mask/a": torch.tensor([True, False, True, False]), "head/h": _t([3.0, 2.0])}
-    out = agg.aggregate_stacked([c0, c1], [5, 5], "threshold")
+    out = aggregate_stacked([c0, c1], [5, 5], "threshold")
     assert torch.equal(out["mask/a"], torch.tensor([True, True, True, False]))
     assert torch.equal(out["head/h"], _t([2.0, 1.0]))
     # weights 1:3 -> the heavier client decides
-    out = agg.aggregate_stacked([c0, c1], [1, 3], "threshold")
+    out = aggregate_stacked([c0, c1], [1, 3], "threshold")
     assert torch.equal(out["mask/a"], torch.tensor([True, False, True, False]))
     assert torch.equal(out["head/h"], _t([2.5, 1.5]))
 
@@ -196,17 +198,17 @@ def test_aggregate_stacked_threshold_majority():
 def test_aggregate_stacked_bernoulli_probs():
     c = [{"mask/a": torch.tensor([True, True, False])}, {"mask/a": torch.tensor([True, False, False])},
          {"mask/a": torch.tensor([True, False, False])}, {"mask/a": torch.tensor([True, True, False])}]
-    out = agg.aggregate_stacked(c, [1, 1, 1, 1], "bernoulli")
+    out = aggregate_stacked(c, [1, 1, 1, 1], "bernoulli")
     assert set(out) == {"probs/a"}
     assert torch.equal(out["probs/a"], _t([1 - PROB_EPS, 0.5, PROB_EPS]))
 
 
 def test_aggregate_stacked_median_and_trimmed_rules():
     c = [{"scale/a": _t([v])} for v in (1.0, 2.0, 3.0, 100.0)]
-    assert torch.equal(agg.aggregate_stacked(c, [1, 1, 1, 1], "scaling", "median")["scale/a"], _t([2.5]))
-    out = agg.aggregate_stacked(c, [1, 1, 1, 1], "scaling", "trimmed_mean", trim_ratio=0.25)
+    assert torch.equal(aggregate_stacked(c, [1, 1, 1, 1], "scaling", "median")["scale/a"], _t([2.5]))
+    out = aggregate_stacked(c, [1, 1, 1, 1], "scaling", "trimmed_mean", trim_ratio=0.25)
     assert torch.equal(out["scale/a"], _t([2.5]))
-    out = agg.aggregate_stacked(c, [1, 1, 1, 97], "scaling", "capped", max_share=0.5)
+    out = aggregate_stacked(c, [1, 1, 1, 97], "scaling", "capped", max_share=0.5)
     # capped: [1, 1, 1, 3] -> (1 + 2 + 3 + 300) / 6
     assert torch.equal(out["scale/a"], _t([306 / 6]))
 
@@ -232,7 +234,7 @@ def test_running_mean_equals_stacked_mean(kind):
     for tensors, weight in zip(clients, weights):
         running.add({k: v.float() for k, v in tensors.items()}, weight)
     streamed = agg.finalize(running.result(), kind)
-    stacked = agg.aggregate_stacked(clients, weights, kind, "mean")
+    stacked = aggregate_stacked(clients, weights, kind, "mean")
     # Assert
     assert running.total == 18.0
     assert set(streamed) == set(stacked)

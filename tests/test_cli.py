@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config_dict
 from supermask_cli import checkpoint
 from supermask_cli import steps
-from supermask_cli.aggregate import aggregate_stacked
+from conftest import aggregate_stacked
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
 from supermask_cli.masked_model import bake_global

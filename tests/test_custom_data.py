@@ -21,7 +21,7 @@ from conftest import NEGATIVE, POSITIVE, WORDS
 from supermask_cli import steps
 from supermask_cli.cli import app
 from supermask_cli.config import load_config
-from supermask_cli.evaluate import predict
+from supermask_cli.predict import predict
 from supermask_cli.masked_model import bake_global
 
 LABELS = ["neg", "neutral", "pos"]  # sorted: what init infers from the strings

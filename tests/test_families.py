@@ -24,7 +24,7 @@ from supermask_cli.mask.layer import MaskedLinear, is_conv1d
 from supermask_cli.masked_model import bake_global, trainable_from_global
 from supermask_cli.model import load_base_model
 from supermask_cli.data import Examples
-from supermask_cli.train import encode_batch
+from supermask_cli.runtime import encode_batch
 
 FAMILIES = ("roberta", "distilbert", "gpt2")
 CHARS = list("abcdefghijklmnopqrstuvwxyz")

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from supermask_cli import checkpoint
-from supermask_cli.aggregate import outliers, surprise
+from supermask_cli.rules import outliers, surprise
 from supermask_cli.cli import app
 from supermask_cli.layout import Layout
 

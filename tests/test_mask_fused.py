@@ -9,7 +9,7 @@ from torch import nn
 from conftest import seeded_base
 from supermask_cli.mask import functions as fn
 from supermask_cli.mask.layer import MaskedLinear, linear_forward
-from supermask_cli.train import clip_grad_norm_, make_optimizer
+from supermask_cli.local_training import clip_grad_norm_, make_optimizer
 
 
 def _linear() -> nn.Module:

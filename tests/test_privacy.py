@@ -14,7 +14,7 @@ from supermask_cli.mask.inject import inject
 from supermask_cli.model import load_base_model
 from supermask_cli.privacy import accountant, client_level, dpsgd
 from supermask_cli.privacy.per_example import PerExampleGrads
-from supermask_cli.train import disable_dropout
+from supermask_cli.local_training import disable_dropout
 
 TEXTS = ["good movie", "the plot was awful and boring", "a film", "great fun", "worst film"]
 

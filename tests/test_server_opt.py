@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from supermask_cli import aggregate as agg
+from conftest import aggregate_stacked
+from supermask_cli import rules as agg
 from supermask_cli import server_opt
 from supermask_cli.mask.functions import PROB_EPS
 from supermask_cli.server_opt import ServerOptimizer
@@ -86,7 +87,7 @@ def test_state_groups_per_optimizer():
 
 def test_plain_averaging_is_the_identity():
     reduced = {"mask/a": _t([0.4]), "head/h": _t([1.0])}
-    out, state = agg.server_step(reduced, {}, "bernoulli", ServerOptimizer())
+    out, state = server_opt.server_step(reduced, {}, "bernoulli", ServerOptimizer())
     assert out is reduced and state == {}
 
 
@@ -95,11 +96,11 @@ def test_bernoulli_steps_in_logit_space():
     # A mean of 1.0 is clamped to 1 - ε before the logit: Δ = logit(1 - ε); lr 0.5 -> σ(logit(1 - ε) / 2)
     reduced = {"mask/a": _t([1 / (1 + math.exp(-1.0)), 1.0]), "head/h": _t([1.0, -1.0])}
     previous = {"probs/a": _t([0.5, 0.5]), "head/h": _t([0.0, 0.5])}
-    out, state = agg.server_step(reduced, previous, "bernoulli", ServerOptimizer("sgd", lr=2.0))
+    out, state = server_opt.server_step(reduced, previous, "bernoulli", ServerOptimizer("sgd", lr=2.0))
     _close(out["mask/a"][0], 1 / (1 + math.exp(-2.0)))
     assert state == {}
     _close(out["head/h"], [2.0, -2.5])  # heads step in their own space: 0.5 + 2 * (-1 - 0.5)
-    half = agg.server_step(reduced, previous, "bernoulli", ServerOptimizer("sgd", lr=0.5))[0]
+    half = server_opt.server_step(reduced, previous, "bernoulli", ServerOptimizer("sgd", lr=0.5))[0]
     logit_max = math.log((1 - PROB_EPS) / PROB_EPS)
     _close(half["mask/a"][1], 1 / (1 + math.exp(-logit_max / 2)))
 
@@ -109,7 +110,7 @@ def test_server_head_lr_steps_the_head_at_its_own_rate():
     reduced = {"mask/a": _t([1 / (1 + math.exp(-1.0))]), "head/h": _t([1.0, -1.0])}
     previous = {"probs/a": _t([0.5]), "head/h": _t([0.0, 0.0])}
     opt = ServerOptimizer("adam", lr=0.5, beta1=0.9, beta2=0.99, tau=0.0, head_lr=0.01)
-    out, _ = agg.server_step(reduced, previous, "bernoulli", opt)
+    out, _ = server_opt.server_step(reduced, previous, "bernoulli", opt)
     _close(out["mask/a"], [1 / (1 + math.exp(-0.5))])  # score 0 + 0.5
     _close(out["head/h"], [0.01, -0.01])
     assert not ServerOptimizer("sgd", lr=1.0, head_lr=0.5).is_identity
@@ -134,7 +135,7 @@ def test_threshold_votes_pass_through_and_only_the_head_keeps_state():
     reduced = {"mask/a": _t([0.4, 0.6]), "head/h": _t([2.0])}
     previous = {"mask/a": torch.tensor([True, False]), "head/h": _t([1.0])}
     opt = ServerOptimizer("momentum", lr=1.0, beta1=0.5)
-    out, state = agg.server_step(reduced, previous, "threshold", opt)
+    out, state = server_opt.server_step(reduced, previous, "threshold", opt)
     assert torch.equal(out["mask/a"], _t([0.4, 0.6]))
     _close(out["head/h"], [2.0])  # first momentum step: m = Δ = 1
     assert set(state) == {"opt_m/head/h"}
@@ -144,10 +145,10 @@ def test_scaling_adam_state_is_carried_from_the_previous_global():
     # Prepare: two rounds of adam on one scaling vector, the second reading the first's state
     opt = ServerOptimizer("adam", lr=0.1, beta1=0.5, beta2=0.5, tau=0.0)
     prev = {"scale/a": _t([1.0, 1.0])}
-    out1, state1 = agg.server_step({"scale/a": _t([3.0, 0.0])}, prev, "scaling", opt)
+    out1, state1 = server_opt.server_step({"scale/a": _t([3.0, 0.0])}, prev, "scaling", opt)
     # Execute
     prev2 = {"scale/a": out1["scale/a"], **state1}
-    out2, state2 = agg.server_step({"scale/a": _t([1.1, 0.9])}, prev2, "scaling", opt)
+    out2, state2 = server_opt.server_step({"scale/a": _t([1.1, 0.9])}, prev2, "scaling", opt)
     # Assert: round 1 Δ = [2, -1]: m = [1, -.5], v = [2, .5], step = .1 * m / sqrt(v)
     _close(state1["opt_m/scale/a"], [1.0, -0.5])
     _close(state1["opt_v/scale/a"], [2.0, 0.5])
@@ -165,7 +166,7 @@ def test_scaling_adam_state_is_carried_from_the_previous_global():
 def test_aggregate_stacked_returns_finalized_globals_and_state():
     clients = [{"mask/a": torch.tensor([True, True]), "head/h": _t([1.0])}, {"mask/a": torch.tensor([True, False]), "head/h": _t([4.0])}]
     previous = {"probs/a": _t([0.5, 0.5]), "head/h": _t([0.0])}
-    out = agg.aggregate_stacked(clients, [1.0, 3.0], "bernoulli", previous=previous, server=ServerOptimizer("adam", lr=0.1))
+    out = aggregate_stacked(clients, [1.0, 3.0], "bernoulli", previous=previous, server=ServerOptimizer("adam", lr=0.1))
     assert set(out) == {"probs/a", "head/h", "opt_m/probs/a", "opt_v/probs/a", "opt_m/head/h", "opt_v/head/h"}
     # weighted means [1, 0.25]: one rises, one falls, by about lr in score space (first adam step)
     assert out["probs/a"][0] > 0.5 > out["probs/a"][1]

@@ -9,7 +9,7 @@ import yaml
 from conftest import tiny_config_dict
 
 from supermask_cli import checkpoint, steps
-from supermask_cli.aggregate import aggregate_stacked
+from conftest import aggregate_stacked
 from supermask_cli.config import load_config
 from supermask_cli.server_opt import ServerOptimizer
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from supermask_cli.train import batch_order, linear_schedule
+from supermask_cli.local_training import batch_order, linear_schedule
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
@@ -23,7 +23,7 @@ def test_batch_order_reshuffles_each_pass_and_keeps_the_partial_batch():
 
 
 def test_use_dropout_defaults_off_for_bernoulli_only():
-    from supermask_cli.train import use_dropout
+    from supermask_cli.local_training import use_dropout
 
     assert [use_dropout(None, k) for k in ("bernoulli", "threshold", "scaling")] == [False, True, True]
     assert use_dropout(True, "bernoulli") and not use_dropout(False, "threshold")
@@ -31,7 +31,7 @@ def test_use_dropout_defaults_off_for_bernoulli_only():
 
 def test_disable_dropout_makes_the_training_forward_deterministic(tiny_model):
     from supermask_cli.model import load_base_model
-    from supermask_cli.train import disable_dropout
+    from supermask_cli.local_training import disable_dropout
 
     model = load_base_model(
         str(tiny_model), revision=None, num_labels=2, regression=False, target_patterns=None, head_names=None, seed=0
@@ -69,7 +69,7 @@ def test_train_client_passes_the_dropout_choice(tiny_config, monkeypatch, kind, 
 def test_label_log_prior_is_laplace_smoothed_counts():
     import numpy as np
 
-    from supermask_cli.train import label_log_prior
+    from supermask_cli.local_training import label_log_prior
 
     got = label_log_prior(np.array([0, 0, 0, 1]), 2)
     torch.testing.assert_close(got, torch.log(torch.tensor([4 / 6, 2 / 6])))
@@ -82,7 +82,7 @@ def test_logit_adjusted_head_learns_the_balanced_bias_under_label_skew():
     # client's prior (b0 - b1 = log 9), the adjusted loss learns no preference (the balanced posterior).
     import math
 
-    from supermask_cli.train import adjusted_loss
+    from supermask_cli.local_training import adjusted_loss
 
     labels = torch.tensor([0] * 90 + [1] * 10)
     learned = {}
@@ -103,7 +103,8 @@ def test_logit_adjusted_head_learns_the_balanced_bias_under_label_skew():
 
 
 def test_train_client_adjusts_logits_by_its_own_label_prior(tiny_config, monkeypatch):
-    from supermask_cli import checkpoint, steps, train
+    from supermask_cli import checkpoint, steps
+    from supermask_cli import local_training as train
     from supermask_cli.config import load_config
     from supermask_cli.layout import Layout
 
@@ -140,7 +141,7 @@ def test_logit_adjust_on_a_regression_task_is_a_user_error():
 
     from supermask_cli.data import Examples
     from supermask_cli.errors import SupermaskError
-    from supermask_cli.train import TrainSettings, train_masks
+    from supermask_cli.local_training import TrainSettings, train_masks
 
     settings = TrainSettings(batch_size=2, max_steps=1, epochs=1, lr=0.1, head_lr=0.01, warmup_ratio=0.0,
                              schedule="constant", head_weight_decay=0.0, max_grad_norm=None, max_length=8, seed=0,

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from conftest import tiny_config_dict
 from supermask_cli.server_opt import ServerOptimizer
 from supermask_cli import checkpoint, steps
-from supermask_cli.aggregate import (
+from conftest import aggregate_stacked
+from supermask_cli.rules import (
     MEDIAN_MULTIPLE,
-    aggregate_stacked,
     example_weights,
     outliers,
 )

@@ -44,6 +44,10 @@ VARIANTS = [
     ("bernoulli_coded", "bernoulli", {"mask": {"encoding": "coded"}}),
     ("bernoulli_sparse", "bernoulli", {"mask": {"encoding": "sparse"}}),
     ("threshold_packed_uniform", "threshold", {"mask": {"encoding": "packed"}, "federation": {"weighting": "uniform"}}),
+    # client-level privacy's bounded-contribution path; noise (and example-level DP's Poisson batches)
+    # come from the OS's secret source by design, so only the noiseless path is reproducible
+    ("threshold_client_bounded", "threshold", {"privacy": {"mode": "client", "noise_multiplier": 0.0}}),
+    ("bernoulli_client_bounded", "bernoulli", {"privacy": {"mode": "client", "noise_multiplier": 0.0, "max_flips": 64}}),
 ]
 
 
@@ -59,7 +63,9 @@ def run(config: Path, *sets: str) -> None:
     cmd = [sys.executable, "-m", "supermask_cli", "run", "--config", str(config)]
     for s in sets:
         cmd += ["--set", s]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"{config}: exit {done.returncode}\n{done.stderr[-3000:]}")
 
 
 def tiny_runs(work: Path) -> dict[str, dict[str, str]]:

@@ -20,9 +20,10 @@ import math
 
 import torch
 
-from ..aggregate import global_key
+from ..checkpoint import global_key
 from ..config import Config
 from ..errors import SupermaskError
+from ..mask.kinds import kind_of
 from ..mask.layer import MaskedLinear
 from . import ledger
 from .dpsgd import secret_generator
@@ -32,8 +33,7 @@ MIN_DISCRETE_SIGMA = 3.0
 
 def reference(kind: str, global_tensors: dict[str, torch.Tensor], client_key: str) -> torch.Tensor:
     """The global's likelier mask value per weight: probs ≥ 0.5 (bernoulli) or its mask (threshold)."""
-    value = global_tensors[global_key(client_key, kind)]
-    return value >= 0.5 if kind == "bernoulli" else value.bool()
+    return kind_of(kind).hard_reference(global_tensors[global_key(client_key, kind)])
 
 
 def bound_flips(
@@ -145,16 +145,14 @@ def bound_upload(
 def flip_priority(
     kind: str, layers: dict[str, MaskedLinear], global_tensors: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """How far the client moved each weight: |probs − global probs| (bernoulli) or |scores − τ|."""
-    out = {}
+    """How far the client moved each weight: |probs − global probs| (bernoulli) or |scores − τ|;
+    empty for kinds without a mask (their float update is clipped instead)."""
+    spec = kind_of(kind)
+    if not spec.binary:
+        return {}
     with torch.no_grad():
-        for name, layer in layers.items():
-            scores = layer.scores.detach().float().cpu()
-            if kind == "bernoulli":
-                out[f"mask/{name}"] = (torch.sigmoid(scores) - global_tensors[f"probs/{name}"].float()).abs()
-            else:
-                out[f"mask/{name}"] = (scores - layer.tau).abs()
-    return out
+        return {f"mask/{name}": spec.flip_priority(layer, global_tensors[f"{spec.global_group}/{name}"])
+                for name, layer in layers.items()}
 
 
 def aggregate(

@@ -11,13 +11,13 @@ from .. import checkpoint, storage
 from ..config import Config
 from ..layout import Layout
 from ..privacy.policy import ClientPolicy, PolicyRefusal
+from ..runlog import AggregateResult, read_metrics, upload_summary
 from ..tracking import TensorBoardLog, mlflow_for
 from .aggregation import aggregate
 from .evaluation import evaluate
 from .initialize import init
 from .participants import write_participants
 from .pool import metric_names, resolved
-from .runlog import AggregateResult, read_metrics, upload_summary
 from .training import ClientResult, train_client
 
 

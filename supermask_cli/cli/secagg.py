@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConfigOpt, RoundOpt, SetOpt, _config, out, user_errors
+from .common import ConfigOpt, RoundOpt, SetOpt, out, read_config, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Secure aggregation: a client's key, share and unmask steps of a round.")
 
@@ -31,9 +31,9 @@ def keys(
 
     Example: `supermask secagg keys --config configs/glue_sst2.yaml --client 3`
     """
-    from .steps import secure
+    from ..steps import secure
 
-    path = secure.publish_keys(_config(config, set_), client, rnd, secrets, identity_key=identity_key, identities=identities)
+    path = secure.publish_keys(read_config(config, set_), client, rnd, secrets, identity_key=identity_key, identities=identities)
     out.print(f"wrote {path}")
 
 
@@ -47,9 +47,9 @@ def shares(
 
     Example: `supermask secagg shares --config configs/glue_sst2.yaml --client 3 --wait 600`
     """
-    from .steps import secure
+    from ..steps import secure
 
-    out.print(f"wrote {secure.share_keys(_config(config, set_), client, rnd, secrets, wait=wait)}")
+    out.print(f"wrote {secure.share_keys(read_config(config, set_), client, rnd, secrets, wait=wait)}")
 
 
 @app.command()
@@ -59,6 +59,6 @@ def unmask(config: ConfigOpt, client: ClientOpt, set_: SetOpt = None, rnd: Round
 
     Example: `supermask secagg unmask --config configs/glue_sst2.yaml --client 3`
     """
-    from .steps import secure
+    from ..steps import secure
 
-    out.print(f"wrote {secure.reveal(_config(config, set_), client, rnd, secrets)}")
+    out.print(f"wrote {secure.reveal(read_config(config, set_), client, rnd, secrets)}")

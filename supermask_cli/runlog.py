@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .. import checkpoint, storage
-from ..checkpoint import ClientRecord, DroppedRecord, FileMeta
-from ..errors import SupermaskError
-from ..layout import Layout
+from . import checkpoint, storage
+from .checkpoint import ClientRecord, DroppedRecord, FileMeta
+from .errors import SupermaskError
+from .layout import Layout
 
 
 @dataclass

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .console import step_progress
 from .data import Examples
 from .metrics import compute_metrics
-from .progress import step_progress
-from .train import autocast, autocast_dtype, encode_batch
+from .runtime import autocast, autocast_dtype, encode_batch
 
 
 @torch.no_grad()

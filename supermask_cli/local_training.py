@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .console import step_progress
 from .data import Examples
 from .errors import SupermaskError
+from .mask.kinds import KINDS, kind_of
 from .mask.layer import MaskedLinear
 from .privacy.dpsgd import ExamplePrivacy, PrivateStep
-from .progress import step_progress
+from .runtime import autocast, autocast_dtype, encode_batch
 
 # Learning rate of scores / scaling vectors per mask kind when ``train.lr`` is null. Adam moves a
 # score by about lr per step, so the gap between the initial score and the threshold sets the pace.
-DEFAULT_LR = {"bernoulli": 0.1, "threshold": 3e-4, "scaling": 1e-3}
+DEFAULT_LR = {name: spec.default_lr for name, spec in KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -46,34 +47,6 @@ class TrainResult:
     mean_loss: float
     final_loss: float
     seconds: float
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 (or fp16) on CUDA and none (fp32) on CPU."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def encode_batch(tokenizer, examples: Examples, indices: np.ndarray, max_length: int, device: torch.device) -> dict:
-    """Tokenize the examples at ``indices`` (one or two text fields), padded to the longest."""
-    columns = [[col[i] for i in indices] for col in examples.texts]
-    batch = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    batch["labels"] = torch.as_tensor(examples.labels[indices])
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -130,7 +103,7 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> None:
 def use_dropout(setting: bool | None, kind: str) -> bool:
     """``train.dropout``; null keeps the model's dropout except for ``bernoulli``, whose sampled
     masks already drop weights at random (and dropout's sampling costs ~15% of its step)."""
-    return setting if setting is not None else kind != "bernoulli"
+    return setting if setting is not None else kind_of(kind).default_dropout
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -154,26 +127,44 @@ def adjusted_loss(logits: torch.Tensor, labels: torch.Tensor, offset: torch.Tens
     return nn.functional.cross_entropy(logits.float() + offset.to(logits.device), labels)
 
 
-def train_masks(
-    model: nn.Module,
-    layers: dict[str, MaskedLinear],
-    head_params: list[nn.Parameter],
-    tokenizer,
-    examples: Examples,
-    settings: TrainSettings,
-    device: torch.device,
-    precision: str,
-    description: str,
-    privacy: ExamplePrivacy | None = None,
-) -> TrainResult:
-    """Train mask scores (Adam) and the head (AdamW): linear warmup, then linear decay or constant.
-    With ``privacy``, each step's gradient is the DP-SGD one (``privacy.dpsgd``)."""
+def loss_function(settings: TrainSettings, examples: Examples, model: nn.Module, device: torch.device):
+    """The training loss of a batch's model outputs: the model's own (cross-entropy or MSE), or
+    with ``train.logit_adjust`` > 0 the logit-adjusted cross-entropy against the client's prior."""
+    if settings.logit_adjust <= 0:
+        return lambda outputs, labels: outputs.loss
+    if np.issubdtype(examples.labels.dtype, np.floating):
+        raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
+    offset = (settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)).to(device)
+    return lambda outputs, labels: adjusted_loss(outputs.logits, labels, offset)
+
+
+@dataclass
+class TrainingState:
+    """Everything a step needs, built once by :func:`setup` (torchtune's recipe set-up)."""
+
+    model: nn.Module
+    tokenizer: object
+    examples: Examples
+    settings: TrainSettings
+    device: torch.device
+    amp: torch.dtype | None
+    groups: tuple[list[nn.Parameter], list[nn.Parameter]]  # mask params, head params
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.LambdaLR]
+    scaler: torch.amp.GradScaler
+    loss_fn: object
+    batches: list[np.ndarray]
+    dp: PrivateStep | None
+
+
+def setup(
+    model: nn.Module, layers: dict[str, MaskedLinear], head_params: list[nn.Parameter], tokenizer, examples: Examples,
+    settings: TrainSettings, device: torch.device, precision: str, privacy: ExamplePrivacy | None = None,
+) -> TrainingState:
+    """Optimizers (Adam for scores, AdamW for the head) with linear warmup then linear decay or
+    constant, loss scaling, the privacy engine, the loss, the batches, dropout and compile."""
     n = len(examples)
-    offset = None
-    if settings.logit_adjust > 0:
-        if examples.labels.dtype.kind == "f":
-            raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
-        offset = (settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)).to(device)
+    loss_fn = loss_function(settings, examples, model, device)
     steps = planned_steps(n, settings.batch_size, settings.max_steps, settings.epochs)
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # bernoulli samples and dropout
@@ -198,44 +189,71 @@ def train_masks(
         disable_dropout(model)
     for layer in layers.values():
         layer.compiled = settings.compile  # read only by bernoulli and threshold layers
+    return TrainingState(model, tokenizer, examples, settings, device, amp, (mask_params, head_params), optimizers,
+                         schedulers, scaler, loss_fn, batches, dp)
+
+
+def step(state: TrainingState, indices: np.ndarray) -> float | None:
+    """One optimizer step on the batch at ``indices``: forward, loss, backward (DP-SGD's with
+    privacy), clipping, both optimizers and schedulers. Returns the loss (None for an empty
+    Poisson batch, whose gradient is noise alone)."""
+    s = state
+    loss = None
+    if len(indices):
+        batch = encode_batch(s.tokenizer, s.examples, indices, s.settings.max_length, s.device)
+        with autocast(s.device, s.amp):
+            labels = batch.pop("labels") if s.settings.logit_adjust > 0 else batch["labels"]
+            loss = s.loss_fn(s.model(**batch), labels)
+    if s.dp is not None:
+        s.dp.backward(loss, len(indices))
+    else:
+        s.scaler.scale(loss).backward()
+    if s.settings.max_grad_norm is not None:
+        for opt, group in zip(s.optimizers, s.groups):
+            s.scaler.unscale_(opt)
+            clip_grad_norm_(group, s.settings.max_grad_norm)
+    for opt, sched in zip(s.optimizers, s.schedulers):
+        s.scaler.step(opt)
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    s.scaler.update()
+    if loss is None:
+        return None
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value}; lower train.lr or train.head_lr")
+    return value
+
+
+def train_masks(
+    model: nn.Module,
+    layers: dict[str, MaskedLinear],
+    head_params: list[nn.Parameter],
+    tokenizer,
+    examples: Examples,
+    settings: TrainSettings,
+    device: torch.device,
+    precision: str,
+    description: str,
+    privacy: ExamplePrivacy | None = None,
+) -> TrainResult:
+    """Train mask scores (Adam) and the head (AdamW): :func:`setup`, then :func:`step` per batch
+    under a progress bar. With ``privacy``, each step's gradient is the DP-SGD one (``privacy.dpsgd``)."""
+    state = setup(model, layers, head_params, tokenizer, examples, settings, device, precision, privacy)
     losses: list[float] = []
-    with step_progress(description, steps) as bar:
-        for indices in batches:
-            loss = None
-            if len(indices):  # a Poisson batch may be empty: its gradient is noise alone
-                batch = encode_batch(tokenizer, examples, indices, settings.max_length, device)
-                with autocast(device, amp):
-                    if offset is None:
-                        loss = model(**batch).loss
-                    else:
-                        labels = batch.pop("labels")
-                        loss = adjusted_loss(model(**batch).logits, labels, offset)
-            if dp is not None:
-                dp.backward(loss, len(indices))
-            else:
-                scaler.scale(loss).backward()
-            if settings.max_grad_norm is not None:
-                for opt, group in zip(optimizers, (mask_params, head_params)):
-                    scaler.unscale_(opt)
-                    clip_grad_norm_(group, settings.max_grad_norm)
-            for opt, sched in zip(optimizers, schedulers):
-                scaler.step(opt)
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            scaler.update()
-            if loss is None:
+    with step_progress(description, len(state.batches)) as bar:
+        for indices in state.batches:
+            value = step(state, indices)
+            if value is None:
                 bar.advance(0)
                 continue
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value}; lower train.lr or train.head_lr")
             losses.append(value)
             bar.advance(len(indices), value)
     model.eval()
-    if dp is not None:
-        dp.close()
+    if state.dp is not None:
+        state.dp.close()
     return TrainResult(
-        steps=steps,
+        steps=len(state.batches),
         examples=bar.examples,
         mean_loss=float(np.mean(losses)) if losses else math.nan,
         final_loss=losses[-1] if losses else math.nan,

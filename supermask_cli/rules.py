@@ -16,7 +16,7 @@ Rules: ``mean`` (example-weighted), ``median`` (weighted coordinate-wise median)
 (example-weighted mean with each client's share of the weight capped) and ``filtered`` (drop
 whole clients whose upload is an outlier in :func:`surprise` against the global, then ``mean``).
 ``mean``, ``capped`` and ``filtered`` are linear, so :class:`RunningMean` computes them one client
-at a time. ``server_step`` (``federation.server_optimizer``, ``server_lr``; see ``server_opt``)
+at a time. ``server_opt.server_step`` (``federation.server_optimizer``, ``server_lr``; see ``server_opt``)
 then moves the global from its previous value in score space before ``finalize``.
 
 Coordinate-wise ``median`` and ``trimmed_mean`` of *sampled* bernoulli masks push probs towards 0
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from . import server_opt
-from .mask.functions import clamp_probs
+from .checkpoint import global_key
+from .mask.kinds import kind_of
 from .server_opt import ServerOptimizer
 
 RULES = ("mean", "median", "trimmed_mean", "capped", "filtered", "bayes")
@@ -117,21 +118,14 @@ def surprise(kind: str, client: dict[str, torch.Tensor], global_: dict[str, torc
     """How far an upload is from the global it trained from, per masked weight (heads ignored):
     bernoulli — bits of the client mask under the global probs; threshold — fraction of mask bits
     that differ from the global mask; scaling — RMS difference of the scaling vectors."""
+    spec = kind_of(kind)
     total, count = 0.0, 0
     for key, value in client.items():
-        group, _, name = key.partition("/")
-        if group == "mask" and kind == "bernoulli":
-            probs = clamp_probs(global_[f"probs/{name}"].double())
-            total += float(-torch.where(value, probs, 1 - probs).log2().sum())
-        elif group == "mask":
-            total += float((value != global_[key]).sum())
-        elif group == "scale":
-            total += float(((value.double() - global_[key].double()) ** 2).sum())
-        else:
+        if key.partition("/")[0] != spec.payload:
             continue
+        total += spec.surprise(value, global_[global_key(key, kind)])
         count += value.numel()
-    mean = total / max(count, 1)
-    return math.sqrt(mean) if kind == "scaling" else mean
+    return spec.surprise_per_weight(total / max(count, 1))
 
 
 def outliers(scores: torch.Tensor, k: float, min_spread: float = MIN_SPREAD) -> torch.Tensor:
@@ -195,29 +189,10 @@ def bayes_step(
     return out, state
 
 
-def global_key(client_key: str, kind: str) -> str:
-    """The global tensor a client tensor aggregates into."""
-    group, _, name = client_key.partition("/")
-    return f"probs/{name}" if (group == "mask" and kind == "bernoulli") else client_key
-
-
 def finalizer(client_key: str, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """How a reduced client value becomes the global tensor (keyed by tensor name and kind)."""
-    group = client_key.partition("/")[0]
-    if group == "mask" and kind == "bernoulli":
-        return clamp_probs
-    if group == "mask":
-        return lambda reduced: reduced >= 0.5
-    return lambda reduced: reduced
-
-
-def server_step(
-    reduced: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], kind: str, opt: ServerOptimizer
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The server optimizer (``federation.server_optimizer``, see ``server_opt``) moves each reduced
-    value from the previous global, in score space; returns (stepped values, optimizer state).
-    Threshold masks are votes, not averages, and pass through."""
-    return server_opt.server_step(reduced, previous, kind, opt, global_key)
+    spec = kind_of(kind)
+    return spec.finalize if client_key.partition("/")[0] == spec.payload else (lambda reduced: reduced)
 
 
 def finish(
@@ -235,7 +210,7 @@ def finish(
     if bayes is not None:
         count, prior, reset = bayes
         reduced, state = bayes_step(reduced, previous, kind, count=count, prior=prior, reset=reset)
-    stepped, opt_state = server_step(reduced, previous, kind, server)
+    stepped, opt_state = server_opt.server_step(reduced, previous, kind, server)
     return {**finalize(stepped, kind), **state, **opt_state}
 
 
@@ -254,27 +229,6 @@ def reduce_stacked(
         key: reduce(rule, torch.stack([c[key].float() for c in clients]), w, trim_ratio=trim_ratio, max_share=max_share)
         for key in clients[0]
     }
-
-
-def aggregate_stacked(
-    clients: list[dict[str, torch.Tensor]],
-    weights: list[float],
-    kind: str,
-    rule: str = "mean",
-    *,
-    trim_ratio: float = 0.1,
-    max_share: float = 1.0,
-    previous: dict[str, torch.Tensor] | None = None,
-    server: ServerOptimizer = ServerOptimizer(),
-    bayes_prior: float = 1.0,
-    bayes_reset: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Aggregate decoded client tensors (all in memory) into global tensors, server state
-    included; ``previous`` (the round's global, with its state) is needed unless ``server`` is
-    plain averaging and ``rule`` is not ``bayes``."""
-    reduced = reduce_stacked(clients, weights, rule, trim_ratio=trim_ratio, max_share=max_share)
-    bayes = (len(clients), bayes_prior, bayes_reset) if rule == "bayes" else None
-    return finish(reduced, previous or {}, kind, server=server, bayes=bayes)
 
 
 class RunningMean:

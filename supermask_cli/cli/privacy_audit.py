@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_config
+from ..config import load_config
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -37,8 +37,8 @@ def audit(
 
     Example: `supermask audit --config runs/sst2_minilm/config.yaml --checkpoint runs/sst2_minilm/round_003/global.safetensors --members-client 0 --non-members-heldout 2000`
     """
-    from .membership import FPRS, fpr_key
-    from .steps.audit import audit as run_audit
+    from ..membership import FPRS, fpr_key
+    from ..steps.audit import audit as run_audit
 
     result = run_audit(
         load_config(config, set_ or []), checkpoint, members=members, non_members=non_members,
@@ -48,7 +48,7 @@ def audit(
     info = result.as_json()
     title = f"{client_file or checkpoint}: {info['num_members']} members, {info['num_non_members']} non-members"
     if plot:
-        from .membership_plot import plot as plot_roc
+        from ..membership_plot import plot as plot_roc
 
         plot_roc(list(result.attacks.values()), plot, title, result.epsilon, result.delta)
     if as_json:
