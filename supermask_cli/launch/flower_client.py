@@ -92,16 +92,16 @@ def train(msg: Message, context: Context) -> Message:
     path = held_global(context)
     data = transport.receive(cfg, path, received, is_delta=bool(setup["delta"]), digest=str(setup["digest"]))
     if data is None:
-        return _reply(msg, wire.NEED_FULL, "")
+        return _reply(msg, wire.NEED_FULL, "", rnd)
     storage.write_atomic(path, data, force=True)
     out = os.path.join(node_dir(context), f"upload_round_{rnd:03d}.safetensors")
     try:
         result = steps.train_client(cfg, client, global_path=path, out=out, force=True, policy=policy)
     except PolicyRefusal as exc:
-        return _reply(msg, wire.REFUSED, str(setup["digest"]), numbers={"reason": str(exc)})
+        return _reply(msg, wire.REFUSED, str(setup["digest"]), rnd, numbers={"reason": str(exc)})
     upload = open(out, "rb").read()
     os.remove(out)
-    return _reply(msg, wire.OK, str(setup["digest"]), upload, reported(cfg, result))
+    return _reply(msg, wire.OK, str(setup["digest"]), rnd, upload, reported(cfg, result))
 
 
 def reported(cfg: Config, result: steps.ClientResult) -> dict:
@@ -113,10 +113,10 @@ def reported(cfg: Config, result: steps.ClientResult) -> dict:
     return numbers
 
 
-def _reply(msg: Message, status: str, holds: str, upload: bytes = b"", numbers: dict | None = None) -> Message:
+def _reply(msg: Message, status: str, holds: str, rnd: int, upload: bytes = b"", numbers: dict | None = None) -> Message:
     content = RecordDict(
         {
-            wire.RESULT: ConfigRecord({"status": status, "holds": holds, **(numbers or {})}),
+            wire.RESULT: ConfigRecord({"status": status, "holds": holds, "round": rnd, **(numbers or {})}),
             wire.UPLOAD: wire.file_record(upload),
         }
     )

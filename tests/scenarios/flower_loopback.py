@@ -5,7 +5,7 @@ Flower environment's python (tests/scenarios/test_flower_policy.py does):
     python flower_loopback.py SPEC.json     # prints one JSON line: the result
 
 SPEC: {"config": path, "work": dir, "policies": {"<client>": path}, "action": "serve" | "repeat",
-"repeat": N}. ``serve`` runs every round (``flower_server.serve``); ``repeat`` sends round 0's
+"repeat": N}. ``serve`` runs every round (``flower_rounds.serve``); ``repeat`` sends round 0's
 work to client 0 N times and reports each upload's SHA-256.
 """
 
@@ -25,7 +25,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from supermask_cli import steps
 from supermask_cli.config import load_config
 from supermask_cli.errors import SupermaskError
-from supermask_cli.launch import flower_client, flower_server
+from supermask_cli.launch import flower_client, flower_rounds, flower_server
 from supermask_cli.layout import Layout
 
 
@@ -65,20 +65,22 @@ def main(spec_path: str) -> None:
         contexts[100 + client] = Context(run_id=1, node_id=100 + client, node_config=node, state=RecordDict(),
                                          run_config={})
     grid = LoopGrid(contexts)
+    link = flower_server.FlowerLink(grid)
     out: dict = {}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         try:
             if spec["action"] == "serve":
-                settings = flower_server.Settings(spec["config"], [], "", 600.0, 5.0)
-                flower_server.serve(grid, cfg, settings)
+                settings = flower_rounds.Settings(spec["config"], [], "", 600.0, 5.0)
+                flower_rounds.serve(link, cfg, settings, flower_rounds.Journal())
             else:
                 layout = Layout(cfg.run_dir)
                 steps.init(cfg)
-                nodes = flower_server.discover(grid, cfg.federation.num_clients, 5.0)
+                nodes = flower_rounds.discover(link, cfg.federation.num_clients, 5.0, flower_rounds.Journal())
                 out["uploads"], out["failures"] = [], []
                 for _ in range(spec["repeat"]):
-                    failures, _ = flower_server.train_round(grid, cfg, layout, 0, [0], nodes, 600.0)
+                    failures, _ = flower_rounds.train_round(link, cfg, layout, 0, [0], nodes, 600.0,
+                                                            flower_rounds.Journal())
                     out["failures"].append(failures)
                     path = Path(layout.client_path(0, 0))
                     out["uploads"].append(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None)
