@@ -67,6 +67,10 @@ def test_aggregate_waits_for_unmask_answers_and_inspect_reports_a_masked_upload(
     assert result.exit_code == 0, result.output
     assert "waiting: round 0: 0 of the 2 unmask answers needed are in; waiting for `supermask secagg unmask` of clients 0, 1" in result.output
     assert not Path(Layout(cfg.run_dir).global_path(1)).exists()
+    from supermask_cli.steps.progress import progress
+
+    shown = progress(cfg, rnd=0)[0].as_dict()["secure_aggregation"]
+    assert shown == {"keys": [0, 1, 2], "shares": [0, 1, 2], "unmask": [], "survivors": [0, 1]}
     info = json.loads(CliRunner().invoke(app, ["inspect", str(Layout(cfg.run_dir).client_path(0, 0)), "--json"]).output)
     assert info["encoding"] == "masked" and info["secure_aggregation"] is True and info["density"] is None
     for c in (0, 1):
