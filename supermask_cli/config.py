@@ -160,9 +160,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_secure_aggregation(self) -> Config:
-        if self.secure_aggregation.enabled and self.privacy.mode == "client":
-            raise ValueError("privacy.mode client with secure_aggregation: the noise after unmasking is not built yet; "
-                             "use privacy.mode example (DP-SGD on each client) or turn one of them off")
         if self.secure_aggregation.enabled and self.federation.aggregator not in SUM_RULES:
             raise ValueError(f"federation.aggregator {self.federation.aggregator!r} is not an integer-weighted sum, the only "
                              f"thing secure aggregation reveals: use {' or '.join(SUM_RULES)}")

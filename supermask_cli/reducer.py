@@ -88,5 +88,9 @@ def next_global_masked(load: Callable[[int], dict[str, torch.Tensor]], count: in
         words = {key: packing.unpack(stream.numpy(), math.prod(shapes[key]), bits[key], what=f"masked/{key}")
                  for key, stream in ((k.removeprefix("masked/"), v) for k, v in load(i).items())}
         total = words if not total else masking.add_inputs({0: total, 1: words}, bits)
-    reduced = secagg_upload.decode_means(unmask(total), bits, total_weight, shapes)
+    plain = unmask(total)
+    if cfg.privacy.mode == "client":  # the clients bounded themselves; the noise goes on the unmasked sums
+        reduced = client_level.aggregate_sums(cfg, kind, previous, count, secagg_upload.decode_sums(plain, bits, shapes))
+    else:
+        reduced = secagg_upload.decode_means(plain, bits, total_weight, shapes)
     return next_global(reduced, previous, kind, cfg.federation, rule=rule, num_clients=count, rnd=rnd)

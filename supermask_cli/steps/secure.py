@@ -165,7 +165,8 @@ def weights(sr: SecureRound, keys: dict[int, dict]) -> dict[int, int]:
     for c, n in zip(clients, counts):
         if not 1 <= n <= sr.cfg.federation.max_client_examples:
             raise SecureAggregationError(f"round {sr.rnd}: client {c} claims {n} examples, outside 1..{sr.cfg.federation.max_client_examples}")
-    raw = example_weights(counts, sr.cfg.federation.weighting).tolist()
+    weighting = "uniform" if sr.cfg.privacy.mode == "client" else sr.cfg.federation.weighting  # client-level DP weighs equally
+    raw = example_weights(counts, weighting).tolist()
     return {c: upload.integer_weight(w, c) for c, w in zip(clients, raw)}
 
 

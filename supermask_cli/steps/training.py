@@ -22,6 +22,7 @@ from ..mask.kinds import kind_of
 from ..masked_model import trainable_from_global, upload_tensors
 from ..data import Examples
 from ..privacy import client_level
+from ..secagg import upload as secagg_upload
 from ..privacy.dpsgd import ExamplePrivacy
 from ..privacy.policy import ClientPolicy
 from ..runtime import resolve_device
@@ -185,6 +186,10 @@ def _train_and_write(
         }
     )
     if cfg.secure_aggregation.enabled:
+        if cfg.privacy.mode == "client":  # the server sees only sums: this client clips its own float update
+            floats = sum(v.numel() for k, v in tensors.items() if not k.startswith("mask/"))
+            tensors = client_level.clip_upload(cfg.mask.kind, tensors, gl.tensors,
+                                               cfg.privacy.client_clip - secagg_upload.rounding_margin(floats))
         stored, record = secure.masked_upload(cfg, client, tensors, rnd=rnd, secrets=secrets)
         meta = meta.model_copy(update={"encoding": "masked", "coding_flip_rate": None, "secure_aggregation": record,
                                        "mask_bits": checkpoint.payload_bits(stored)})

@@ -79,3 +79,28 @@ def test_aggregate_waits_for_unmask_answers_and_inspect_reports_a_masked_upload(
     assert result.exit_code == 0, result.output
     gl = checkpoint.read_meta(Layout(cfg.run_dir).global_path(1))
     assert [c.client for c in gl.aggregation.clients] == [0, 1] and gl.aggregation.missing == [2]
+
+
+def test_client_level_privacy_adds_its_noise_after_unmasking(tiny_config, tmp_path, home):
+    # Prepare: client-level DP without noise (z = 0), so that both runs are deterministic
+    privacy = {"mode": "client", "noise_multiplier": 0.0, "max_flips": 64, "client_clip": 0.05}
+    plain_cfg = load_config(tiny_config("threshold", federation={"rounds": 1}, privacy=privacy))
+    secure_cfg = plain_cfg.model_copy(update={
+        "run_dir": str(tmp_path / "secure"),
+        "secure_aggregation": plain_cfg.secure_aggregation.model_copy(update={"enabled": True})})
+    # Execute
+    steps.run(plain_cfg)
+    steps.run(secure_cfg)
+    # Assert: the bounded mask part identical; the head clipped by the clients themselves, within
+    # the clip's rounding margin of the server-clipped plaintext head
+    plain = checkpoint.load_checkpoint(Layout(plain_cfg.run_dir).global_path(1))
+    secure = checkpoint.load_checkpoint(Layout(secure_cfg.run_dir).global_path(1))
+    before = checkpoint.load_checkpoint(Layout(plain_cfg.run_dir).global_path(0))
+    moved = 0.0
+    for key, value in plain.tensors.items():
+        if key.startswith("head/"):
+            assert (secure.tensors[key].double() - value.double()).abs().max() <= 1e-6, key
+            moved = max(moved, float((value - before.tensors[key]).abs().max()))
+        else:
+            assert torch.equal(secure.tensors[key], value), key
+    assert 0 < moved <= 0.05  # the head moved, by at most the clip
