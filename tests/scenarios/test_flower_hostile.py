@@ -250,7 +250,7 @@ CORPUS = [
     ("file-nan", on(T, file_of(with_nan)), "holds NaN or Inf"),
     ("file-huge-num-examples", on(T, file_of(lambda mat: with_meta(mat, num_examples=10**9), num_examples=10**9)),
      "num_examples"),
-    ("file-of-another-client", on(T, file_of(lambda mat: mat.uploads[1][1])), "uploaded a file of client 1"),
+    ("file-of-another-client", on(T, file_of(lambda mat: mat.uploads[1][1])), "a file of client 1, not of client 2"),
     ("file-replayed-round", on(T, file_of(lambda mat: mat.uploads[0][2])), "coded against another global"),
     ("file-garbage", on(T, file_of(lambda mat: b"\x80\x04\x95pickle")), "not a safetensors file"),
     # train replies: rounds and messages
@@ -333,3 +333,108 @@ def test_an_honest_federation_has_nothing_refused(material, tmp_path):
     assert aggregated(run_dir) == [0, 1, 2]
     rows = [json.loads(line) for line in (run_dir / "flower" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1] and sorted(rows[0]["up"]) == ["0", "1", "2"]
+
+
+# --- identities bound by the operator's clients file --------------------------------------------------
+
+def clients_file(tmp_path: Path, nodes: dict) -> str:
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps({"nodes": {str(k): v for k, v in nodes.items()}}))
+    return str(path)
+
+
+def serve_with(material, tmp_path, link, nodes: dict) -> tuple[int, dict, Path]:
+    global SETTINGS
+    saved, SETTINGS = SETTINGS, dataclasses.replace(SETTINGS, clients_file=clients_file(tmp_path, nodes))
+    try:
+        return serve(material, tmp_path, link)
+    finally:
+        SETTINGS = saved
+
+
+def test_with_a_clients_file_a_node_claiming_another_id_is_refused_and_the_bound_node_is_used(material, tmp_path):
+    # Node 12 answers first (replies arrive newest first) claiming client 1; the file binds node 11 to it
+    link = ScriptedLink(material, lambda l, r, m: [r], claim=1)
+    code, status, run_dir = serve_with(material, tmp_path, link, {10: 0, 11: 1, 12: 2})
+    assert code == 0 and aggregated(run_dir) == [0, 1], status
+    assert set(status["refused"]) == {f"node 12: says client-id=1, but the clients file {tmp_path / 'clients.json'} "
+                                      "binds it to client 2"}  # asked at the start and again at the round's
+
+
+def test_with_a_clients_file_an_unlisted_node_is_refused(material, tmp_path):
+    code, status, run_dir = serve_with(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]), {10: 0, 11: 1})
+    assert code == 0 and aggregated(run_dir) == [0, 1]
+    assert set(status["refused"]) == {f"node 12: not in the clients file {tmp_path / 'clients.json'} (an unregistered node)"}
+
+
+def test_without_a_clients_file_the_server_warns_that_ids_are_self_declared(material, tmp_path, capsys):
+    serve(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]))
+    assert "warning: no clients-file: client ids are what each SuperNode says" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("[1, 2]", 'expected {"nodes"'),
+    ('{"nodes": {"x": 0}}', "node id 'x' is not a non-negative integer"),
+    ('{"nodes": {"10": 3}}', "node 10: client id 3 is outside 0..2"),
+    ('{"nodes": {"10": true}}', "client id True is outside"),
+    ('{"nodes": {"10": 0, "11": 0}}', "client 0 is bound to nodes 10 and 11"),
+    ("{not json", "not JSON"),
+])
+def test_a_bad_clients_file_fails_the_run_with_one_line(material, tmp_path, content, words):
+    path = tmp_path / "clients.json"
+    path.write_text(content)
+    global SETTINGS
+    saved, SETTINGS = SETTINGS, dataclasses.replace(SETTINGS, clients_file=str(path))
+    try:
+        code, status, _ = serve(material, tmp_path, ScriptedLink(material, lambda l, r, m: [r]))
+    finally:
+        SETTINGS = saved
+    assert code == 2 and status["state"] == "failed" and words in status["error"] and str(path) in status["error"]
+
+
+# --- quarantine: a refused upload never enters clients/, the node is asked again, a restart re-checks --
+
+def test_a_refused_upload_goes_to_rejected_with_its_reason(material, tmp_path):
+    code, status, run_dir = serve(material, tmp_path, ScriptedLink(material, on(T, file_of(lambda mat: mat.uploads[0][2]))))
+    assert code == 0 and aggregated(run_dir) == [0, 1]
+    rejected = run_dir / "round_001" / "rejected"
+    assert (rejected / "client_002.safetensors").read_bytes() == material.uploads[0][2]
+    reason = (rejected / "client_002.reason.txt").read_text()
+    assert reason.startswith("node 12 (client 2): was coded against another global") and reason.count("\n") == 1
+    assert sum(line.startswith("node 12") for line in status["refused"]) == rounds.MAX_ASKS  # asked again, twice
+
+
+def test_a_node_whose_first_upload_is_refused_is_asked_again(material, tmp_path):
+    sent = []
+
+    def bad_once(link, reply, m):
+        sent.append(m)
+        return file_of(lambda mat: mat.uploads[1][1])(link, reply, m) if len(sent) == 1 else [reply]
+
+    code, status, run_dir = serve(material, tmp_path, ScriptedLink(material, on(T, bad_once)))
+    assert code == 0 and aggregated(run_dir) == [0, 1, 2], status
+    assert len(sent) == 2 and [l for l in status["refused"] if l.startswith("node 12")] == [
+        "node 12 (client 2): a file of client 1, not of client 2"]
+
+
+def test_a_restart_rechecks_the_files_it_finds(material, tmp_path):
+    # Prepare: an earlier run (or anyone with write access) left client 2's round-0 file as its round-1 upload
+    run_dir = tmp_path / "run"
+    shutil.copytree(material.base, run_dir)
+    clients = run_dir / "round_001" / "clients"
+    clients.mkdir()
+    (clients / "client_002.safetensors").write_bytes(material.uploads[0][2])
+    (clients / "client_000.safetensors").write_bytes(material.uploads[1][0])  # a good one stays
+
+    # Execute
+    cfg = load_config(material.config, [f"run_dir={run_dir}"])
+    link = ScriptedLink(material, lambda l, r, m: [r])
+    code = rounds.run(link, cfg, SETTINGS)
+
+    # Assert: the bad file moved to rejected/, client 2 asked again, client 0 not asked, all three aggregated
+    status = json.loads((run_dir / "flower" / "status.json").read_text())
+    assert code == 0 and aggregated(run_dir) == [0, 1, 2], status
+    assert (run_dir / "round_001" / "rejected" / "client_002.safetensors").read_bytes() == material.uploads[0][2]
+    assert any(l.startswith("client 2's file in round 1:") and "moved to rejected/" in l for l in status["refused"])
+    trained = [m.setup["client"] for m in link.sent.values() if m.kind == wire.TRAIN]
+    assert sorted(trained) == [1, 2]
