@@ -212,3 +212,12 @@ def test_registered_identities_catch_substituted_keys(secure_run, tmp_path):
         secure.share_keys(cfg, 1, secrets=secrets / "c1")
     # without registered identities the same substitution goes unnoticed: why README says to register them
     assert secure.public_keys(secure.open_secure_round(cfg, 0))[3]["mask_public"].hex() == msg["mask_public"]
+
+
+def test_launchers_that_do_not_drive_the_steps_yet_refuse(secure_run):
+    from supermask_cli.launch import slurm
+
+    path, cfg, _ = secure_run
+    with pytest.raises(Exception, match="secure_aggregation: `supermask slurm` does not submit its steps yet"):
+        slurm.options(cfg, path, [], rounds=None, array_parallelism=None, sbatch_args=[], gpus_per_client=None,
+                      aggregate_wait=0, directory=None)
