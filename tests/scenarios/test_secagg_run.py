@@ -24,7 +24,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.mark.parametrize("kind", ["threshold", "bernoulli"])
+@pytest.mark.parametrize("kind", ["threshold", "bernoulli", "scaling"])
 def test_secure_run_global_matches_the_plaintext_run(kind, tiny_config, tmp_path, home):
     # Prepare: the same 3 clients and 1 round, with and without secure aggregation
     plain_cfg = load_config(tiny_config(kind, federation={"rounds": 1}))
@@ -38,15 +38,16 @@ def test_secure_run_global_matches_the_plaintext_run(kind, tiny_config, tmp_path
     layout = Layout(secure_cfg.run_dir)
     upload = checkpoint.read_meta(layout.client_path(0, 1))
     assert upload.encoding == "masked" and upload.secure_aggregation.peers == [0, 2]
+    assert upload.bits_per_weight > 1  # k bits per value, not a coded mask
     plain = checkpoint.load_checkpoint(Layout(plain_cfg.run_dir).global_path(1))
     secure = checkpoint.load_checkpoint(layout.global_path(1))
     assert set(plain.tensors) == set(secure.tensors)
     assert [c.client for c in secure.meta.aggregation.clients] == [0, 1, 2]
     for key, value in plain.tensors.items():
-        if key.startswith("head/"):
+        if key.startswith(("head/", "scale/")):  # fixed point
             rounding = 2 * torch.finfo(torch.float32).eps * float(value.abs().max())
             assert (secure.tensors[key].double() - value.double()).abs().max() <= FIXED.resolution / 2 + rounding, key
-        else:
+        else:  # masks and probs: exact
             assert torch.equal(secure.tensors[key], value), key
     assert not torch.equal(plain.tensors[next(k for k in plain.tensors if k.startswith("head/"))],
                            checkpoint.load_checkpoint(Layout(plain_cfg.run_dir).global_path(0)).tensors[
