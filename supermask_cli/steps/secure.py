@@ -12,6 +12,7 @@ the round's sampled participants (+1), so clients that see different sets of key
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -159,15 +160,18 @@ def weights(sr: SecureRound, keys: dict[int, dict]) -> dict[int, int]:
     """Every key publisher's integer weight (``federation.weighting`` over the example counts in
     the keys messages: under secure aggregation ``bounded`` caps at 3× the median count of the
     clients that published keys, which a client must know before it masks; the plaintext rule
-    uses the accepted uploads' median, the same when no one drops out)."""
+    uses the accepted uploads' median, the same when no one drops out), divided by their gcd."""
     clients = sorted(keys)
     counts = [keys[c]["num_examples"] for c in clients]
     for c, n in zip(clients, counts):
         if not 1 <= n <= sr.cfg.federation.max_client_examples:
             raise SecureAggregationError(f"round {sr.rnd}: client {c} claims {n} examples, outside 1..{sr.cfg.federation.max_client_examples}")
     weighting = "uniform" if sr.cfg.privacy.mode == "client" else sr.cfg.federation.weighting  # client-level DP weighs equally
-    raw = example_weights(counts, weighting).tolist()
-    return {c: upload.integer_weight(w, c) for c, w in zip(clients, raw)}
+    ints = [upload.integer_weight(w, c) for c, w in zip(clients, example_weights(counts, weighting).tolist())]
+    # ÷ their gcd: the same weighted means (the same rationals, each correctly rounded) with a smaller
+    # k, e.g. equal counts weigh 1 each: 2 bits per weight for 2 clients instead of bits(Σ counts)
+    common = math.gcd(*ints)
+    return {c: w // common for c, w in zip(clients, ints)}
 
 
 def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None, wait: float = 0.0) -> str:

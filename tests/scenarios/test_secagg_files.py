@@ -166,10 +166,14 @@ def test_weights_come_from_the_published_counts(secure_run):
     sr = secure.open_secure_round(cfg, 0)
     keys = secure.public_keys(sr)
     counts = {c: k["num_examples"] for c, k in keys.items()}
-    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped
+    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped (gcd 1)
     median = sorted(counts.values())[(N - 1) // 2]
     keys[2]["num_examples"] = 1_000_000  # a client claiming a million examples weighs 3 median clients
-    assert secure.weights(sr, keys)[2] == 3 * median
+    w = secure.weights(sr, keys)
+    assert w[2] * counts[0] == 3 * median * w[0]  # weights stay proportional to the capped counts
+    for c in keys:
+        keys[c]["num_examples"] = 320
+    assert secure.weights(sr, keys) == {c: 1 for c in keys}  # equal counts: weight 1 each, the smallest k
     keys[2]["num_examples"] = 0
     with pytest.raises(SecureAggregationError, match="round 0: client 2 claims 0 examples, outside 1..10000000"):
         secure.weights(sr, keys)
