@@ -2,18 +2,20 @@
 # Drive federated rounds with the CLI's subcommands, the way a user scripts them across machines.
 #
 #   scripts/federated_rounds.sh --config configs/sst2_minilm_offline.yaml [--rounds N] [--jobs J] [--gpus 0,1,2,3] [--set k=v ...]
+#                               [--privacy-policies DIR]
 #
 # Round 0 starts from `supermask init`. Each round trains the round's participants (J at a time, in
 # parallel: one process per client, as separate machines would; with --gpus, one client per listed
 # GPU at a time through CUDA_VISIBLE_DEVICES), then aggregates and evaluates the new global. What is
 # already done is asked from `supermask progress` (so a bucket run_dir works too) and skipped: re-run
 # a failed script to continue it; re-running a finished run does nothing. On a Slurm cluster use
-# `supermask slurm`; elsewhere replace the `train-client` line with your scheduler.
+# `supermask slurm`; elsewhere replace the `train-client` line with your scheduler. With
+# --privacy-policies DIR, client N trains with `--privacy-policy DIR/client-N.yaml` (README "Privacy").
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
-config="" rounds="" jobs=1 gpus="" sets=()
+config="" rounds="" jobs=1 gpus="" sets=() policies=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --config|-c) config="$2"; shift 2 ;;
@@ -21,11 +23,13 @@ while [[ $# -gt 0 ]]; do
     --jobs|-j) jobs="$2"; shift 2 ;;
     --gpus) gpus="$2"; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
+    --privacy-policies) policies="$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "error: unknown argument '$1'" >&2; usage ;;
   esac
 done
 [[ -n "$config" ]] || { echo "error: --config is required" >&2; usage; }
+[[ -z "$policies" || -d "$policies" ]] || { echo "error: --privacy-policies '$policies' is not a directory" >&2; exit 2; }
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer" >&2; exit 2; }
 [[ -z "$rounds" || "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "error: --rounds must be a positive integer" >&2; exit 2; }
 slots=()  # CUDA_VISIBLE_DEVICES of each parallel slot; empty entries leave it unset
@@ -61,12 +65,14 @@ for ((r = 0; r < rounds; r++)); do
     echo "== round $r: training ${#clients[@]} client(s), ${#slots[@]} at a time" >&2
     failed=0 n=0
     for c in "${clients[@]}"; do
+      policy=()
+      [[ -z "$policies" ]] || policy=(--privacy-policy "$policies/client-$c.yaml")
       s=$(( n++ % ${#slots[@]} ))
       if [[ -n "${slot_pid[s]:-}" ]]; then wait "${slot_pid[s]}" || failed=1; fi
       if [[ -n "${slots[s]}" ]]; then
-        CUDA_VISIBLE_DEVICES="${slots[s]}" cli train-client --round "$r" --client "$c" &
+        CUDA_VISIBLE_DEVICES="${slots[s]}" cli train-client --round "$r" --client "$c" "${policy[@]}" &
       else
-        cli train-client --round "$r" --client "$c" &
+        cli train-client --round "$r" --client "$c" "${policy[@]}" &
       fi
       slot_pid[s]=$!
     done

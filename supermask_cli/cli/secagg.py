@@ -20,14 +20,21 @@ SecretsOpt = Annotated[
 
 @app.command()
 @user_errors
-def keys(config: ConfigOpt, client: ClientOpt, set_: SetOpt = None, rnd: RoundOpt = None, secrets: SecretsOpt = None) -> None:
+def keys(
+    config: ConfigOpt, client: ClientOpt, set_: SetOpt = None, rnd: RoundOpt = None, secrets: SecretsOpt = None,
+    identity_key: Annotated[Optional[Path], typer.Option("--identity-key", help="This client's Ed25519 identity key (PEM) to sign its keys.")] = None,
+    identities: Annotated[
+        Optional[Path], typer.Option("--identities", help="Directory of the peers' registered identity public keys (client_III.pem).")
+    ] = None,
+) -> None:
     """Publish this round's public keys (the private keys and self-mask seed stay in --secrets).
 
     Example: `supermask secagg keys --config configs/glue_sst2.yaml --client 3`
     """
     from ..steps import secure
 
-    out.print(f"wrote {secure.publish_keys(read_config(config, set_), client, rnd, secrets)}")
+    path = secure.publish_keys(read_config(config, set_), client, rnd, secrets, identity_key=identity_key, identities=identities)
+    out.print(f"wrote {path}")
 
 
 @app.command()

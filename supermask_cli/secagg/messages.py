@@ -21,7 +21,7 @@ _HEX = re.compile(r"^(?:[0-9a-f]{2})*$")
 _ID = re.compile(r"^(?:0|[1-9][0-9]*)$")
 
 FIELDS = {
-    "keys": {"client": int, "channel_public": "hex32", "mask_public": "hex32"},
+    "keys": {"client": int, "num_examples": int, "channel_public": "hex32", "mask_public": "hex32", "signature": "hex"},
     "shares": {"client": int, "threshold": int, "holders": "holders"},
     "survivors": {"threshold": int, "participants": "ids", "survivors": "ids", "dropped": "ids"},
     "unmask": {"client": int, "self": "id_hex32", "pair": "id_hex32"},

@@ -13,7 +13,7 @@ from ..errors import SecureAggregationError
 from .prg import word_dtype
 
 CHUNK = 1 << 17
-"""Words per step: the bit matrix of a step is CHUNK × 64 bytes (8 MiB)."""
+"""Words per step: the bit matrix of a step is at most CHUNK × 64 bytes (8 MiB)."""
 
 
 def packed_bytes(n: int, bits: int) -> int:
@@ -29,9 +29,10 @@ def pack(words: np.ndarray, bits: int) -> np.ndarray:
         return words.astype(words.dtype.newbyteorder("<")).view(np.uint8).copy()
     out = np.zeros(packed_bytes(words.size, bits), dtype=np.uint8)
     step = CHUNK - CHUNK % 8  # a multiple of 8 words is a whole number of bytes
+    little, size = words.dtype.newbyteorder("<"), words.dtype.itemsize
     for start in range(0, words.size, step):
-        chunk = words[start:start + step].astype("<u8")
-        bitmat = np.unpackbits(chunk.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")[:, :bits]
+        chunk = words[start:start + step].astype(little)
+        bitmat = np.unpackbits(chunk.view(np.uint8).reshape(-1, size), axis=1, bitorder="little")[:, :bits]
         packed = np.packbits(bitmat.reshape(-1), bitorder="little")
         offset = start * bits // 8
         out[offset:offset + packed.size] = packed
@@ -54,7 +55,7 @@ def unpack(data: np.ndarray, n: int, bits: int, *, what: str = "packed words") -
         count = min(step, n - start)
         lo = start * bits // 8
         bitstream = np.unpackbits(data[lo:lo + packed_bytes(count, bits)], bitorder="little")[:count * bits]
-        bitmat = np.zeros((count, 64), dtype=np.uint8)
+        bitmat = np.zeros((count, 8 * dtype.itemsize), dtype=np.uint8)
         bitmat[:, :bits] = bitstream.reshape(count, bits)
-        out[start:start + count] = np.packbits(bitmat, axis=1, bitorder="little").view("<u8").reshape(-1).astype(dtype)
+        out[start:start + count] = np.packbits(bitmat, axis=1, bitorder="little").view(dtype.newbyteorder("<")).reshape(-1)
     return out

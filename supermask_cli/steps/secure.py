@@ -23,12 +23,13 @@ from .. import checkpoint, storage
 from ..config import Config, config_digest
 from ..errors import SecureAggregationError
 from ..layout import Layout
-from ..secagg import agreement, masking, messages, recovery, sharing
+from ..rules import example_weights
+from ..secagg import agreement, identity, masking, messages, recovery, sharing, upload
 from ..secagg.agreement import Context
 from ..secagg.keystore import KeyStore
 from .checks import latest_round
 from .participants import sampled
-from .pool import resolved
+from .pool import client_examples, resolved
 
 SECRETS_ROOT = Path("~/.supermask/secagg")
 MAX_MESSAGE_BYTES = 64 << 20
@@ -41,6 +42,8 @@ class SecureRound:
     ctx: Context
     participants: list[int]
     threshold: int
+    cfg: Config  # resolved with the run's labels and pool, as init recorded them
+    meta: checkpoint.FileMeta  # the round's global
 
     @property
     def rnd(self) -> int:
@@ -57,12 +60,13 @@ def open_secure_round(cfg: Config, rnd: int | None) -> SecureRound:
     layout = Layout(cfg.run_dir)
     rnd = latest_round(layout) if rnd is None else rnd
     meta = checkpoint.read_meta(layout.global_path(rnd))
-    if config_digest(resolved(cfg, meta.labels, meta.pool)) != meta.config_digest:
+    cfg = resolved(cfg, meta.labels, meta.pool)
+    if config_digest(cfg) != meta.config_digest:
         raise SecureAggregationError(f"{layout.global_path(rnd)}: written under another config (config digest differs)")
     participants = sorted(sampled(cfg, rnd))
     t = cfg.secure_aggregation.threshold or sharing.default_threshold(len(participants))
     sharing.check_threshold(t, len(participants))
-    return SecureRound(layout, Context(meta.config_digest, rnd), participants, t)
+    return SecureRound(layout, Context(meta.config_digest, rnd), participants, t, cfg, meta)
 
 
 def keystore(cfg: Config, client: int, secrets: str | os.PathLike | None = None) -> KeyStore:
@@ -104,8 +108,12 @@ def _state(store: KeyStore, sr: SecureRound, client: int) -> dict:
     return state
 
 
-def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None) -> str:
-    """``secagg keys``: this round's two fresh public keys (private keys and self-mask seed kept)."""
+def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None,
+                 identity_key: str | None = None, identities: str | None = None) -> str:
+    """``secagg keys``: this round's two fresh public keys (private keys and self-mask seed kept),
+    signed with ``identity_key`` (Ed25519 PEM) if given. ``identities``: the directory of the peers'
+    registered identity public keys; recorded with the secrets, so that every later step of this
+    client refuses peer keys that are unsigned or not signed by the registered identity."""
     sr = open_secure_round(cfg, rnd)
     _member(sr, client)
     store = keystore(cfg, client, secrets)
@@ -115,21 +123,47 @@ def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str 
             raise SecureAggregationError(f"'{path}' was published from another secrets directory than '{store.dir}'; pass its --secrets")
         store.write(sr.rnd, {"client": client, "config_digest": sr.ctx.run_digest, "channel_private": agreement.new_private_key().hex(),
                              "mask_private": agreement.new_private_key().hex(), "self_seed": os.urandom(32).hex(),
-                             "masked": False, "revealed": {}})
+                             "masked": False, "revealed": {},
+                             "identities": str(Path(identities).resolve()) if identities else None})
     state = _state(store, sr, client)
     if state["masked"] and not storage.exists(path):
         raise SecureAggregationError(f"round {sr.rnd}: client {client}'s keys in '{store.dir}' already masked an input whose "
                                      "messages are gone; reusing them would leak it: delete that directory's round file to start afresh")
-    blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client,
-                          channel_public=agreement.public_key(bytes.fromhex(state["channel_private"])).hex(),
-                          mask_public=agreement.public_key(bytes.fromhex(state["mask_private"])).hex())
+    num_examples = len(client_examples(sr.cfg, client, sr.meta.labels, sr.meta.pool))
+    channel = agreement.public_key(bytes.fromhex(state["channel_private"]))
+    mask = agreement.public_key(bytes.fromhex(state["mask_private"]))
+    signature = b""
+    if identity_key:  # Ed25519 signatures are deterministic: a re-run writes the same bytes
+        signature = identity.load_private(identity_key).sign(identity.signed_bytes(sr.ctx, client, num_examples, channel, mask))
+    blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client, num_examples=num_examples,
+                          channel_public=channel.hex(), mask_public=mask.hex(), signature=signature.hex())
     return _publish(path, blob)
 
 
-def public_keys(sr: SecureRound) -> dict[int, dict]:
-    """Participant -> its parsed keys message, for every participant whose keys are in."""
+def public_keys(sr: SecureRound, identities: str | None = None) -> dict[int, dict]:
+    """Participant -> its parsed keys message, for every participant whose keys are in; with
+    ``identities`` (a directory of registered Ed25519 public keys) each must carry a valid signature."""
     files = sr.layout.secagg_files(sr.rnd, "keys")
-    return {c: _read(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+    out = {c: _read(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+    if identities:
+        for c, msg in out.items():
+            data = identity.signed_bytes(sr.ctx, c, msg["num_examples"], msg["channel_public"], msg["mask_public"])
+            identity.verify(identity.registered(identities, c), msg["signature"], data, what=f"'{files[c]}'")
+    return out
+
+
+def weights(sr: SecureRound, keys: dict[int, dict]) -> dict[int, int]:
+    """Every key publisher's integer weight (``federation.weighting`` over the example counts in
+    the keys messages: under secure aggregation ``bounded`` caps at 3× the median count of the
+    clients that published keys, which a client must know before it masks; the plaintext rule
+    uses the accepted uploads' median, the same when no one drops out)."""
+    clients = sorted(keys)
+    counts = [keys[c]["num_examples"] for c in clients]
+    for c, n in zip(clients, counts):
+        if not 1 <= n <= sr.cfg.federation.max_client_examples:
+            raise SecureAggregationError(f"round {sr.rnd}: client {c} claims {n} examples, outside 1..{sr.cfg.federation.max_client_examples}")
+    raw = example_weights(counts, sr.cfg.federation.weighting).tolist()
+    return {c: upload.integer_weight(w, c) for c, w in zip(clients, raw)}
 
 
 def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None, wait: float = 0.0) -> str:
@@ -144,7 +178,7 @@ def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | 
     deadline = time.monotonic() + wait
     while len(sr.layout.secagg_files(sr.rnd, "keys").keys() & set(sr.participants)) < len(sr.participants) and time.monotonic() < deadline:
         time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-    keys = public_keys(sr)
+    keys = public_keys(sr, state.get("identities"))
     if client not in keys:
         raise SecureAggregationError(f"round {sr.rnd}: client {client}'s keys are not published; run `supermask secagg keys` first")
     if len(keys) < sr.threshold:
@@ -177,7 +211,7 @@ def shares_messages(sr: SecureRound) -> dict[int, dict]:
 
 def holdings(sr: SecureRound, client: int, state: dict) -> dict[int, dict[str, bytes]]:
     """Owner -> the two shares it sealed for ``client``, opened and checked against its digests."""
-    keys, out = public_keys(sr), {}
+    keys, out = public_keys(sr, state.get("identities")), {}
     for owner, msg in shares_messages(sr).items():
         if client not in msg["holders"] or owner not in keys:
             continue
@@ -212,7 +246,7 @@ def mask_input(cfg: Config, client: int, x: dict[str, np.ndarray], bits: dict[st
     store = keystore(cfg, client, secrets)
     state = _state(store, sr, client)
     peers = mask_peers(sr, client)
-    keys = public_keys(sr)
+    keys = public_keys(sr, state.get("identities"))
     seeds = {j: agreement.pair_seed(bytes.fromhex(state["mask_private"]), keys[j]["mask_public"], sr.ctx, client, j) for j in peers}
     if not state["masked"]:
         store.write(sr.rnd, {**state, "masked": True})
@@ -278,14 +312,15 @@ def unmask_answers(sr: SecureRound) -> dict[int, dict]:
     return {c: _read(p, "unmask", sr, c) for c, p in sorted(files.items()) if c in listed["survivors"]}
 
 
-def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], rnd: int | None = None) -> dict[str, np.ndarray]:
+def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], rnd: int | None = None,
+               identities: str | None = None) -> dict[str, np.ndarray]:
     """Server: Σ x over the survivors from Σ y (the survivors' masked uploads, added mod 2^k)."""
     sr = open_secure_round(cfg, rnd)
     listed = read_survivors(sr)
     shares = shares_messages(sr)
     digests = {(kind, owner, holder): entry[f"{kind}_digest"].hex()
                for owner, msg in shares.items() for holder, entry in msg["holders"].items() for kind in sharing.KINDS}
-    mask_public = {c: msg["mask_public"] for c, msg in public_keys(sr).items()}
+    mask_public = {c: msg["mask_public"] for c, msg in public_keys(sr, identities).items()}
     answers = {c: {"self": a["self"], "pair": a["pair"]} for c, a in unmask_answers(sr).items()}
     self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),
                                          answers, digests, mask_public)

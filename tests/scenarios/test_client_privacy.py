@@ -3,13 +3,17 @@ the client's policy and its own ledger, what the run publishes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 from opacus.accountants import RDPAccountant
+from typer.testing import CliRunner
 
 from supermask_cli import steps
+from supermask_cli.cli import app
 from supermask_cli.checkpoint import read_meta
 from supermask_cli.config import load_config
 from supermask_cli.layout import Layout
@@ -70,13 +74,6 @@ def test_target_epsilon_holds_over_the_real_schedule_after_a_batch_size_change(t
 
 
 # ------------------------------------------------------------------ the client's policy and ledger
-
-import hashlib  # noqa: E402
-
-import yaml  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from supermask_cli.cli import app  # noqa: E402
 
 EXAMPLE = {"mode": "example", "noise_multiplier": 1.0, "max_grad_norm": 1.0}  # q = 8/32, 4 steps: ε 4.871 a round
 

@@ -157,3 +157,58 @@ def test_config_section_digest_and_non_sum_rules(tiny_config):
     for rule in ("median", "trimmed_mean", "filtered", "capped"):
         with pytest.raises(Exception, match=f"federation.aggregator '{rule}' is not an integer-weighted sum"):
             load_config(tiny_config("threshold", federation={"aggregator": rule}, secure_aggregation={"enabled": True}))
+
+
+def test_weights_come_from_the_published_counts(secure_run):
+    _, cfg, secrets = secure_run
+    for i in range(N):
+        secure.publish_keys(cfg, i, secrets=secrets / f"c{i}")
+    sr = secure.open_secure_round(cfg, 0)
+    keys = secure.public_keys(sr)
+    counts = {c: k["num_examples"] for c, k in keys.items()}
+    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped
+    median = sorted(counts.values())[(N - 1) // 2]
+    keys[2]["num_examples"] = 1_000_000  # a client claiming a million examples weighs 3 median clients
+    assert secure.weights(sr, keys)[2] == 3 * median
+    keys[2]["num_examples"] = 0
+    with pytest.raises(SecureAggregationError, match="round 0: client 2 claims 0 examples, outside 1..10000000"):
+        secure.weights(sr, keys)
+
+
+def _identities(directory: Path) -> dict[int, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    directory.mkdir()
+    private = {}
+    for i in range(N):
+        key = Ed25519PrivateKey.generate()
+        private[i] = directory / f"private_{i}.pem"
+        private[i].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        (directory / f"client_{i:03d}.pem").write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private
+
+
+def test_registered_identities_catch_substituted_keys(secure_run, tmp_path):
+    _, cfg, secrets = secure_run
+    ids = tmp_path / "ids"
+    private = _identities(ids)
+    for i in range(N):
+        secure.publish_keys(cfg, i, secrets=secrets / f"c{i}", identity_key=private[i], identities=ids)
+    secure.share_keys(cfg, 0, secrets=secrets / "c0")  # every signature verifies
+    # the aggregator swaps client 3's keys for a pair of its own (re-signing is impossible without 3's key)
+    path = Path(Layout(cfg.run_dir).secagg_path(0, "keys", 3))
+    msg = json.loads(path.read_text())
+    from supermask_cli.secagg import agreement
+    msg["mask_public"] = agreement.public_key(agreement.new_private_key()).hex()
+    path.write_text(json.dumps(msg))
+    with pytest.raises(SecureAggregationError, match="client_003.json': the signature does not verify with the registered identity"):
+        secure.share_keys(cfg, 1, secrets=secrets / "c1")
+    msg["signature"] = ""
+    path.write_text(json.dumps(msg))
+    with pytest.raises(SecureAggregationError, match="client_003.json': unsigned, but identities are registered"):
+        secure.share_keys(cfg, 1, secrets=secrets / "c1")
+    # without registered identities the same substitution goes unnoticed: why README says to register them
+    assert secure.public_keys(secure.open_secure_round(cfg, 0))[3]["mask_public"].hex() == msg["mask_public"]

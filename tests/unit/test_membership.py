@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from supermask_cli import membership as mi
 
@@ -63,11 +64,14 @@ def test_attack_refuses_empty_sets_and_non_finite_scores():
 def test_null_auc_std_matches_simulation():
     # The tolerance the scenario tests use for "AUC ≈ 0.5" rests on this formula.
     rng = np.random.default_rng(0)
-    m, n = 40, 60
-    aucs = [mi.attack("x", rng.normal(size=m), rng.normal(size=n)).auc for _ in range(600)]
+    m, n, sims = 40, 60, 4000
+    draws = rng.normal(size=(sims, m + n))  # one distribution: the first m are "members"
+    ranks = rankdata(draws, axis=1)
+    aucs = (ranks[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)  # Mann-Whitney U / (m n)
+    assert mi.attack("x", draws[0, :m], draws[0, m:]).auc == pytest.approx(aucs[0])
     assert mi.null_auc_std(m, n) == pytest.approx(math.sqrt(101 / (12 * 40 * 60)))
-    assert np.std(aucs) == pytest.approx(mi.null_auc_std(m, n), rel=0.12)
-    assert abs(np.mean(aucs) - 0.5) < 3 * mi.null_auc_std(m, n) / math.sqrt(600)
+    assert np.std(aucs) == pytest.approx(mi.null_auc_std(m, n), rel=0.05)
+    assert abs(np.mean(aucs) - 0.5) < 4 * mi.null_auc_std(m, n) / math.sqrt(sims)
 
 
 @pytest.mark.parametrize(

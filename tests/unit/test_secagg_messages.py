@@ -14,7 +14,7 @@ KEY = "ab" * 32
 
 
 def _keys(**over):
-    body = {"client": 2, "channel_public": KEY, "mask_public": KEY, **over}
+    body = {"client": 2, "num_examples": 17, "channel_public": KEY, "mask_public": KEY, "signature": "", **over}
     return messages.dumps("keys", 1, "dig", **body)
 
 
@@ -24,7 +24,8 @@ def _load(blob, **kw):
 
 def test_round_trip():
     msg = _load(_keys())
-    assert msg == {"client": 2, "channel_public": bytes.fromhex(KEY), "mask_public": bytes.fromhex(KEY)}
+    assert msg == {"client": 2, "num_examples": 17, "channel_public": bytes.fromhex(KEY), "mask_public": bytes.fromhex(KEY),
+                   "signature": b""}
 
 
 @pytest.mark.parametrize("blob,needle", [
