@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A real local Flower deployment of a supermask run on 127.0.0.1: one SuperLink (in-memory state),
-# one SuperNode per client (node config client-id=i), every round run with `flwr run`, and every
-# process it started stopped at the end. The run directory is the config's run_dir, as for
+# A real local Flower deployment of a supermask run on 127.0.0.1: one SuperLink (in-memory state,
+# TLS, SuperNode authentication), one SuperNode per client (its own key, registered; node config
+# client-id=i), every round run with `flwr run`, and every process it started stopped at the end. The run directory is the config's run_dir, as for
 # `supermask run`; logs, pids and the Flower home go to <run_dir>/flower/.
 #
 #   scripts/flower_local.sh --config C [--set key=value]... [--round-timeout S] [--timeout S]
@@ -91,7 +91,13 @@ start() {  # start NAME CMD...: a new session (pid = process group id), logged t
     echo "$!" > "$STATE/pids/$name.pid"
 }
 
-start superlink flower-superlink --insecure --disable-runtime-dependency-installation \
+# TLS and SuperNode authentication: a CA, the SuperLink's certificate for 127.0.0.1 and one P-384
+# key pair per SuperNode (kept in flower/keys across runs); the SuperLink admits only registered
+# keys, and the ServerApp binds each registered node id to its client id (flower/clients.json).
+KEYS="$STATE/keys"
+"$PY" -m supermask_cli.launch.flower_keys "$KEYS" "$NUM_CLIENTS"
+start superlink flower-superlink --ssl-ca-certfile "$KEYS/ca.crt" --ssl-certfile "$KEYS/server.pem" \
+    --ssl-keyfile "$KEYS/server.key" --enable-supernode-auth --disable-runtime-dependency-installation \
     --host 127.0.0.1 --port "$LINK_PORT"
 deadline=$((SECONDS + 120))
 until "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1).close()" "$LINK_PORT" 2>/dev/null; do
@@ -100,25 +106,36 @@ until "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sy
     fi
     sleep 0.5
 done
-for ((i = 0; i < NUM_CLIENTS; i++)); do
-    start "supernode_$i" flower-supernode --insecure --superlink "127.0.0.1:$LINK_PORT" \
-        --host 127.0.0.1 --port "${PORTS[$((i + 1))]}" \
-        --node-config "client-id=$i work-dir=\"$STATE/nodes/client_$i\""
-done
-
 cat > "$FLWR_HOME/config.toml" <<EOF
 [superlink]
 default = "supermask-local"
 
 [superlink.supermask-local]
 address = "127.0.0.1:$LINK_PORT"
-insecure = true
+root-certificates = "$KEYS/ca.crt"
 EOF
-SET_JOINED="$(IFS=';'; echo "${SETS[*]:-}")"
-"$PY" - "$STATE/run_config.toml" "$CONFIG" "$SET_JOINED" "$PWD" "$ROUND_TIMEOUT" <<'EOF'
+NODE_IDS=()
+for ((i = 0; i < NUM_CLIENTS; i++)); do
+    NODE_IDS+=("$(flwr supernode register "$KEYS/node_$i.pub" supermask-local --format json 2>>"$STATE/logs/register.log" \
+        | "$PY" -c 'import json, sys; out = json.load(sys.stdin); print(out["node-id"] if out.get("success") else "")' \
+        2>>"$STATE/logs/register.log")")
+    [ -n "${NODE_IDS[$i]}" ] || { echo "flower_local.sh: could not register SuperNode $i's key (see $STATE/logs/register.log)" >&2; exit 1; }
+done
+"$PY" - "$STATE/clients.json" "${NODE_IDS[@]}" <<'EOF'
 import json, sys
-path, config, sets, workdir, round_timeout = sys.argv[1:]
-items = {"config": config, "set": sets, "workdir": workdir}
+json.dump({"nodes": {node: i for i, node in enumerate(sys.argv[2:])}}, open(sys.argv[1], "w"), indent=1)
+EOF
+for ((i = 0; i < NUM_CLIENTS; i++)); do
+    start "supernode_$i" flower-supernode --root-certificates "$KEYS/ca.crt" --auth-supernode-private-key "$KEYS/node_$i" \
+        --superlink "127.0.0.1:$LINK_PORT" --host 127.0.0.1 --port "${PORTS[$((i + 1))]}" \
+        --node-config "client-id=$i work-dir=\"$STATE/nodes/client_$i\""
+done
+
+SET_JOINED="$(IFS=';'; echo "${SETS[*]:-}")"
+"$PY" - "$STATE/run_config.toml" "$CONFIG" "$SET_JOINED" "$PWD" "$ROUND_TIMEOUT" "$STATE/clients.json" <<'EOF'
+import json, sys
+path, config, sets, workdir, round_timeout, clients = sys.argv[1:]
+items = {"config": config, "set": sets, "workdir": workdir, "clients-file": clients}
 lines = [f"{k} = {json.dumps(v)}" for k, v in items.items()] + [f"round-timeout = {float(round_timeout)}"]
 open(path, "w").write("\n".join(lines) + "\n")
 EOF

@@ -37,6 +37,16 @@ class Layout:
     def client_path(self, rnd: int, client: int) -> str:
         return storage.join(self.clients_dir(rnd), f"client_{client:03d}.safetensors")
 
+    def rejected_dir(self, rnd: int) -> str:
+        """Uploads refused before they entered ``clients/``: the file (when its size allowed) and a reason."""
+        return storage.join(self.round_dir(rnd), "rejected")
+
+    def rejected_path(self, rnd: int, client: int) -> str:
+        return storage.join(self.rejected_dir(rnd), f"client_{client:03d}.safetensors")
+
+    def rejected_reason_path(self, rnd: int, client: int) -> str:
+        return storage.join(self.rejected_dir(rnd), f"client_{client:03d}.reason.txt")
+
     def participants_path(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "participants.json")
 

@@ -21,13 +21,16 @@ from .. import checkpoint, steps, storage, transport
 from ..config import Config, dump_config
 from ..errors import SupermaskError
 from ..layout import Layout
+from ..steps import admission
 from . import flower_replies as replies
 from . import flower_wire as wire
+from .flower_identity import SELF_DECLARED_WARNING, Identities, load_clients_file
 from .flower_replies import Refused, Sent
 from .flower_wire import Outgoing, Reply
 
 POLL_SECONDS = 0.5
 REDISCOVER_SECONDS = 15.0  # how long a round start waits for the SuperNode of a client that has none
+MAX_ASKS = 3  # a node whose reply or upload is refused is asked again, this many times in all, while the round lasts
 
 
 class Link(Protocol):
@@ -43,6 +46,7 @@ class Settings:
     workdir: str
     round_timeout: float
     connect_timeout: float
+    clients_file: str = ""  # node id -> client id, from the operator (launch.flower_identity)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> Settings:
@@ -54,6 +58,7 @@ class Settings:
             workdir=str(run_config.get("workdir", "")),
             round_timeout=float(run_config.get("round-timeout", 3600)),
             connect_timeout=float(run_config.get("connect-timeout", 300)),
+            clients_file=str(run_config.get("clients-file", "")),
         )
 
 
@@ -120,7 +125,10 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
     if not storage.exists(layout.global_path(0)):
         steps.init(cfg)
     fed = cfg.federation
-    nodes = discover(link, fed.num_clients, settings.connect_timeout, journal)
+    ids = load_clients_file(settings.clients_file, fed.num_clients) if settings.clients_file else None
+    if ids is None:
+        print(SELF_DECLARED_WARNING, flush=True)
+    nodes = discover(link, fed.num_clients, settings.connect_timeout, journal, ids=ids)
     for rnd in range(fed.rounds + 1):
         start = time.perf_counter()
         if not storage.exists(layout.metrics_path(rnd)):
@@ -128,10 +136,13 @@ def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None
         if rnd == fed.rounds or storage.exists(layout.global_path(rnd + 1)):
             continue
         chosen = steps.write_participants(layout, cfg, rnd)
+        for client, reason in admission.recheck_present(cfg, layout, steps.load_global(layout.global_path(rnd)), rnd,
+                                                        chosen).items():
+            journal.refuse(f"client {client}'s file in round {rnd}: {reason} (moved to rejected/; asked again)")
         pending = [c for c in chosen if not storage.exists(layout.client_path(rnd, c))]
         online = set(link.node_ids())
         if any(c not in nodes or nodes[c].node_id not in online for c in pending):
-            nodes = discover(link, fed.num_clients, REDISCOVER_SECONDS, journal, nodes)
+            nodes = discover(link, fed.num_clients, REDISCOVER_SECONDS, journal, nodes, ids=ids)
         failures, traffic = train_round(link, cfg, layout, rnd, pending, nodes, settings.round_timeout, journal)
         uploaded = len(chosen) - len(failures)
         why = "; ".join(f"client {c}: {reason}" for c, reason in sorted(failures.items()))
@@ -161,11 +172,13 @@ def _log_round(layout: Layout, row: dict) -> None:
 
 
 def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
-             known: dict[int, Node] | None = None) -> dict[int, Node]:
+             known: dict[int, Node] | None = None, ids: Identities | None = None) -> dict[int, Node]:
     """Ask every connected SuperNode its client id until all ``num_clients`` answered or ``timeout``.
     ``known`` nodes still connected are kept; a client whose node left is asked for again (a
-    restarted SuperNode comes back with a new node id). A claim of an id another node already holds
-    is refused, and two nodes claiming one id in the same answer are both refused."""
+    restarted SuperNode comes back with a new node id). With ``ids`` (the operator's clients file) a
+    node is the client the file binds it to, and refused when it is not in the file or says
+    otherwise. Without, a claim of an id another node already holds is refused, and two nodes
+    claiming one id in the same answer are both refused."""
     deadline = time.monotonic() + timeout
     online = set(link.node_ids())
     nodes = {c: n for c, n in (known or {}).items() if n.node_id in online}
@@ -179,6 +192,8 @@ def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
         for sent, reply in answered:
             try:
                 info = replies.query_reply(reply, sent, num_clients)
+                if ids is not None:
+                    info = replies.NodeInfo(client=ids.bind(reply.node, info.client), holds=info.holds)
             except Refused as exc:
                 journal.refuse(str(exc))
                 continue
@@ -189,9 +204,9 @@ def discover(link: Link, num_clients: int, timeout: float, journal: Journal,
                     journal.refuse(f"{replies.who(node)}: says client-id={client}, which node "
                                    f"{nodes[client].node_id} already is")
             elif len(claimants) > 1:
-                ids = ", ".join(str(n) for n, _ in claimants)
+                named = ", ".join(str(n) for n, _ in claimants)
                 for node, _ in claimants:
-                    journal.refuse(f"{replies.who(node)}: says client-id={client}, as do nodes {ids}: none is trusted")
+                    journal.refuse(f"{replies.who(node)}: says client-id={client}, as do nodes {named}: none is trusted")
             else:
                 nodes[client] = Node(node_id=claimants[0][0], holds=claimants[0][1])
         if len(nodes) < num_clients:
@@ -267,12 +282,17 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
     by_node = {nodes[c].node_id: c for c in clients if c in nodes}
     delta_ok = fetch is not None and fetch.is_delta
     todo = [message(c, delta_ok and nodes[c].holds == parent) for c in clients if c in nodes]
-    for attempt in range(2):  # a node that cannot rebuild the delta gets the full file once
-        answered, failed = exchange(link, todo, timeout, journal, {n: (c, rnd) for n, c in by_node.items()})
+    sent_full = {c: not (delta_ok and nodes[c].holds == parent) for c in by_node.values()}
+    asked = {c: 1 for c in by_node.values()}
+    deadline = time.monotonic() + timeout
+    while todo:  # a node that cannot rebuild the delta gets the full file; a refused one is asked again
+        answered, failed = exchange(link, todo, max(deadline - time.monotonic(), 0.0), journal,
+                                    {n: (c, rnd) for n, c in by_node.items()})
         failures.update({by_node[n]: reason for n, reason in failed.items()})
         todo = []
         for sent, reply in answered:
             client = by_node[sent.node]
+            again = asked[client] < MAX_ASKS and time.monotonic() < deadline
             try:
                 got = replies.train_reply(reply, sent, max_bytes=max_bytes,
                                           max_examples=cfg.federation.max_client_examples,
@@ -283,7 +303,9 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
                     print(f"supermask: round {rnd}: client {client} refused: {got.reason}", flush=True)
                     continue
                 if got.status == wire.NEED_FULL:
-                    if attempt == 0:
+                    if not sent_full.get(client):
+                        sent_full[client] = True
+                        asked[client] += 1
                         todo.append(message(client, False))
                         continue
                     raise replies.refuse(sent.node, client, "cannot use the full global it was sent")
@@ -291,28 +313,34 @@ def train_round(link: Link, cfg: Config, layout: Layout, rnd: int, clients: list
             except Refused as exc:
                 failures[client] = str(exc)
                 journal.refuse(str(exc))
+                if again:
+                    asked[client] += 1
+                    sent_full[client] = True
+                    todo.append(message(client, False))
                 continue
+            failures.pop(client, None)
             nodes[client].holds = got.holds
             traffic.up[client] = len(got.upload)
-        if not todo:
-            break
     return failures, traffic
 
 
 def _write_upload(layout: Layout, cfg: Config, gl: checkpoint.Checkpoint, rnd: int, client: int, node: int,
                   got: replies.TrainReply) -> None:
-    """Store a node's upload as the client's file once it passes every check ``aggregate`` makes."""
+    """Store a node's upload as the client's file once it passes every check ``aggregate`` makes;
+    else it goes to ``round_R/rejected/`` with its reason, and the node is refused."""
     name = f"{replies.who(node, client)}: its upload"
     try:
-        ckpt = checkpoint.loads(got.upload, name, reference=gl)
-        steps.check_client(ckpt.meta, name, gl, cfg)
+        ckpt = admission.check_upload(got.upload, name, gl, cfg, client)
+        if ckpt.meta.num_examples != got.num_examples:
+            raise SupermaskError(f"{name}: its result says {got.num_examples} examples, its file "
+                                 f"{ckpt.meta.num_examples}")
     except SupermaskError as exc:
-        raise replies.refuse(node, client, str(exc).removeprefix(f"{name}: ")) from None
+        reason = str(exc).removeprefix(f"{name}: ")
     except Exception as exc:  # a file the format checks missed must still not stop the server
-        raise replies.refuse(node, client, f"unreadable upload ({type(exc).__name__})") from None
-    if ckpt.meta.client != client:
-        raise replies.refuse(node, client, f"uploaded a file of client {ckpt.meta.client}")
-    if ckpt.meta.num_examples != got.num_examples:
-        raise replies.refuse(node, client, f"its result says {got.num_examples} examples, its file "
-                                           f"{ckpt.meta.num_examples}")
-    storage.write_atomic(layout.client_path(rnd, client), got.upload, force=True)
+        reason = f"unreadable upload ({type(exc).__name__})"
+    else:
+        storage.write_atomic(layout.client_path(rnd, client), got.upload, force=True)
+        return
+    refusal = replies.refuse(node, client, reason)
+    admission.quarantine(layout, rnd, client, got.upload, str(refusal))
+    raise refusal
