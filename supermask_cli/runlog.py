@@ -21,8 +21,8 @@ class AggregateResult:
     dropped: list[DroppedRecord]
     num_examples: int
     density: float
-    upload_bytes: int
-    bits_per_weight: float
+    upload_bytes: int | None  # None: not published (client-level privacy)
+    bits_per_weight: float | None
     seconds: float
     missing: list[int] | None = None
     waiting: str | None = None  # secure aggregation: what the round still waits for (no global written yet)
@@ -32,6 +32,9 @@ def aggregate_result(path: str, meta: FileMeta, density: float, seconds: float) 
     """Round statistics from an aggregated global's metadata."""
     agg = meta.aggregation
     assert agg is not None
+    sizes = [c.bytes or 0 for c in agg.clients]
+    bits = [c.mask_bits or 0 for c in agg.clients]
+    published = all(c.bytes is not None and c.mask_bits is not None for c in agg.clients)  # not in client mode
     return AggregateResult(
         path=path,
         round=meta.round - 1,
@@ -40,8 +43,8 @@ def aggregate_result(path: str, meta: FileMeta, density: float, seconds: float) 
         dropped=agg.dropped,
         num_examples=meta.num_examples,
         density=density,
-        upload_bytes=sum(c.bytes for c in agg.clients),
-        bits_per_weight=sum(c.mask_bits for c in agg.clients) / max(len(agg.clients), 1) / meta.num_weights,
+        upload_bytes=sum(sizes) if published else None,
+        bits_per_weight=sum(bits) / max(len(bits), 1) / meta.num_weights if published else None,
         seconds=seconds,
         missing=list(agg.missing),
     )
@@ -69,8 +72,9 @@ def round_rows(layout: Layout) -> list[dict[str, Any]]:
         row = read_metrics(layout.metrics_path(rnd))
         upload = upload_summary(layout, rnd) if rnd + 1 in rounds else None
         if upload is not None:
-            row.update(upload_bytes=upload.upload_bytes, bits_per_weight=upload.bits_per_weight,
-                       upload_clients=len(upload.clients))
+            row.update(upload_clients=len(upload.clients))
+            if upload.upload_bytes is not None:
+                row.update(upload_bytes=upload.upload_bytes, bits_per_weight=upload.bits_per_weight)
         rows.append(row)
     return rows
 

@@ -46,7 +46,8 @@ def audit(
         reference_path=reference, max_examples=max_examples,
     )
     info = result.as_json()
-    title = f"{client_file or checkpoint}: {info['num_members']} members, {info['num_non_members']} non-members"
+    audited = "/".join((client_file or checkpoint).rstrip("/").split("/")[-3:])
+    title = f"{audited}: {info['num_members']} members, {info['num_non_members']} non-members"
     if plot:
         from ..membership_plot import plot as plot_roc
 

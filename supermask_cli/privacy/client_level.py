@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..checkpoint import global_key
+from ..checkpoint import ClientRecord
 from ..config import Config
 from ..errors import SupermaskError
 from ..mask.kinds import kind_of
@@ -66,6 +67,12 @@ def clip_l2(tensors: dict[str, torch.Tensor], bound: float) -> dict[str, torch.T
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
     factor = min(1.0, bound / norm) if norm > 0 else 1.0
     return {k: t * factor for k, t in tensors.items()}
+
+
+def public_record(record: ClientRecord) -> ClientRecord:
+    """What a global says of one upload in client mode: whose it is and its example count, never a
+    value computed from the un-noised upload itself (its digest, size or mask bits)."""
+    return ClientRecord(client=record.client, num_examples=record.num_examples)
 
 
 def discrete_gaussian(shape: tuple[int, ...], sigma: float, generator: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..config import Config
 from ..errors import CheckpointError, SupermaskError
 from ..layout import Layout
 from ..mask.kinds import kind_of
-from ..privacy import ledger
+from ..privacy import client_level, ledger
 from ..reducer import Rejected, next_global_tensors
 from ..rules import outliers, surprise
 from ..runlog import AggregateResult, aggregate_result, write_metrics_log
@@ -204,6 +204,8 @@ def aggregate(
         tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
+    if cfg.privacy.mode == "client":  # un-noised uploads: publish who took part, nothing computed from them
+        records = [client_level.public_record(r) for r in records]
     meta = gl.meta.model_copy(
         update={
             "round": rnd + 1,

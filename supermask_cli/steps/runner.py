@@ -112,7 +112,7 @@ def run(
         if board:
             board.scalars("eval", summary.metrics, rnd)
             board.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
-            for client in summary.clients:
+            for client in summary.clients if cfg.privacy.mode == "none" else []:  # no noise covers these
                 board.scalars(f"client_{client.client:03d}", vars(client), rnd)
         if tracker:
             tracker.scalars("eval", summary.metrics, rnd)

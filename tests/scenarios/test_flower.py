@@ -17,7 +17,7 @@ import yaml
 from supermask_cli import checkpoint, steps
 from supermask_cli.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SUPERMASK_FLOWER_VENV", REPO / ".venv-flower"))
 SCRIPT_TIMEOUT = 900
 

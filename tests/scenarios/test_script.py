@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "federated_rounds.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "federated_rounds.sh"
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:

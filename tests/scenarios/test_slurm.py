@@ -22,7 +22,7 @@ from supermask_cli.sampling import participants
 
 from conftest import tiny_config_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLURM_TESTS = os.environ.get("SUPERMASK_SLURM_TESTS") == "1"
 CHAIN_TIMEOUT_S = 900  # one whole chain on a loaded 2-core machine
 

@@ -10,7 +10,7 @@ import yaml
 from supermask_cli.config import Config, config_digest, load_config
 from supermask_cli.errors import SupermaskError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
 
 

@@ -21,7 +21,7 @@ from supermask_cli.config import load_config
 from supermask_cli.layout import Layout
 from supermask_cli.report import load_history, plot, table_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _eps(sigma: float, rate: float, n_steps: int, delta: float) -> float:
