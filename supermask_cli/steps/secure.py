@@ -229,9 +229,9 @@ def holdings(sr: SecureRound, client: int, state: dict) -> dict[int, dict[str, b
         if len(plain) != 2 * sharing.SHARE_BYTES:
             raise SecureAggregationError(f"round {sr.rnd}: the shares from client {owner} to client {client} are {len(plain)} bytes")
         got = {"self": plain[:sharing.SHARE_BYTES], "pair": plain[sharing.SHARE_BYTES:]}
-        for kind, share in got.items():
-            if sharing.share_digest(sr.ctx, kind, owner, client, share) != entry[f"{kind}_digest"].hex():
-                raise SecureAggregationError(f"round {sr.rnd}: the {kind} share client {owner} sealed for client {client} "
+        for part, share in got.items():
+            if sharing.share_digest(sr.ctx, part, owner, client, share) != entry[f"{part}_digest"].hex():
+                raise SecureAggregationError(f"round {sr.rnd}: the {part} share client {owner} sealed for client {client} "
                                              "does not match the digest it published")
         out[owner] = got
     return out
