@@ -53,6 +53,12 @@ class Layout:
     def metrics_path(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "metrics.json")
 
+    @staticmethod
+    def metrics_beside(checkpoint_path: str) -> str:
+        """``metrics.json`` in the folder of a checkpoint outside the run's rounds."""
+        folder = storage.parent(checkpoint_path)
+        return storage.join(folder, "metrics.json") if folder else "metrics.json"
+
     # secure aggregation (DESIGN §9): the public messages of a round; nothing secret lives here
     def secagg_dir(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "secagg")

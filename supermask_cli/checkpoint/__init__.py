@@ -40,6 +40,7 @@ from safetensors.torch import save as st_save
 
 from .. import coding, storage
 from ..errors import CheckpointError, SupermaskError
+from ..mask.kinds import kind_of
 from .meta import (  # noqa: F401  (the schema and constants are part of this module's API)
     BAYES_GROUPS, CODED_ENCODINGS, FLIP_RATE_RANGE, FORMAT_NAME, FORMAT_VERSION, GROUPS,
     MAX_ENTRIES, MAX_FILE_BYTES, MAX_HEADER_BYTES, META_KEY, OPT_GROUPS, STATE_GROUPS,
@@ -48,16 +49,23 @@ from .meta import (  # noqa: F401  (the schema and constants are part of this mo
 )
 
 
+def global_key(client_key: str, kind: str) -> str:
+    """The global tensor a client tensor aggregates into: a bernoulli client's ``mask/<module>``
+    becomes the global's ``probs/<module>``; every other key keeps its name."""
+    group, _, name = client_key.partition("/")
+    spec = kind_of(kind)
+    return f"{spec.global_group}/{name}" if group == spec.payload else client_key
+
+
 def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def reference_probs(meta: FileMeta, name: str, reference: Checkpoint) -> torch.Tensor:
     """The probabilities a client mask of module ``name`` is coded against, from its global."""
-    if meta.kind == "bernoulli":
-        return reference.tensors[f"probs/{name}"]
+    spec = kind_of(meta.kind)
     rate = min(max(meta.coding_flip_rate or 0.0, FLIP_RATE_RANGE[0]), FLIP_RATE_RANGE[1])
-    return torch.where(reference.tensors[f"mask/{name}"], 1.0 - rate, rate).float()
+    return spec.coded_probs(reference.tensors[f"{spec.global_group}/{name}"], rate)
 
 
 def reference_plan(reference: Checkpoint, name: str) -> coding.SparsePlan:
@@ -77,19 +85,17 @@ def state_groups(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
-    if meta.kind == "scaling":
-        return ("scale", "head")
+    spec = kind_of(meta.kind)
     if meta.role == "global":
-        return ("probs", "head") if meta.kind == "bernoulli" else ("mask", "head")
+        return (spec.global_group, "head")
+    if not spec.binary:
+        return (spec.payload, "head")
     return ("code" if meta.encoding in CODED_ENCODINGS else "mask", "head")
 
 
 def _expected_encoding(meta: FileMeta) -> set[str]:
-    if meta.kind == "scaling" or (meta.role == "global" and meta.kind == "bernoulli"):
-        return {"float"}
-    if meta.role == "global":
-        return {"packed"}
-    return {"packed", "coded", "sparse", "none"}
+    spec = kind_of(meta.kind)
+    return {spec.global_encoding} if meta.role == "global" else set(spec.upload_encodings)
 
 
 def encode_tensors(
@@ -192,8 +198,8 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, f"encoding {meta.encoding!r} is not valid for a {meta.kind} {meta.role} file")
     if (meta.role == "client") != (meta.client is not None):
         raise _fail(path, "metadata 'client' must be set for client files and only for them")
-    if meta.encoding == "coded" and meta.kind == "threshold" and meta.coding_flip_rate is None:
-        raise _fail(path, "coded threshold file lacks 'coding_flip_rate'")
+    if meta.encoding == "coded" and kind_of(meta.kind).coded_with_flip_rate and meta.coding_flip_rate is None:
+        raise _fail(path, f"coded {meta.kind} file lacks 'coding_flip_rate'")
     if meta.encoding == "sparse" and meta.coding_flip_rate is not None:
         raise _fail(path, "sparse file must not set 'coding_flip_rate'")
     if meta.coding_flip_rate is not None and not math.isfinite(meta.coding_flip_rate):
@@ -202,7 +208,7 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "metadata 'server_state' must be empty in a client file")
     if len(set(meta.server_state)) != len(meta.server_state):
         raise _fail(path, "metadata 'server_state' lists a group twice")
-    if meta.kind != "bernoulli" and set(meta.server_state) & set(BAYES_GROUPS):
+    if not kind_of(meta.kind).probabilistic and set(meta.server_state) & set(BAYES_GROUPS):
         raise _fail(path, "metadata 'server_state' holds a Beta posterior, which only bernoulli globals have")
     return meta
 
@@ -259,7 +265,10 @@ def _check_tensors(meta: FileMeta, header: dict, path: str) -> None:
             raise _fail(path, f"tensor {key!r} has shape {list(got)}, expected {list(shape)}")
 
 
-def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str) -> dict[str, torch.Tensor]:
+def decode_stored(
+    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
+) -> dict[str, torch.Tensor]:
+    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in stored.items():
         group, _, name = key.partition("/")
@@ -298,13 +307,6 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
     return out
 
 
-def decode_stored(
-    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
-) -> dict[str, torch.Tensor]:
-    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
-    return _decode(meta, stored, reference, path)
-
-
 def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkpoint:
     """Parse and validate checkpoint bytes; coded client files need their ``reference`` global."""
     header, _ = parse_header(data, path)
@@ -319,7 +321,7 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
         stored = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data
         raise _fail(path, f"unreadable safetensors data ({type(exc).__name__})") from None
-    tensors = _decode(meta, stored, reference, path)
+    tensors = decode_stored(meta, stored, reference, path)
     return Checkpoint(meta=meta, tensors=tensors, digest=file_digest(data), path=path, size=len(data))
 
 
@@ -337,7 +339,7 @@ def max_client_bytes(global_meta: FileMeta) -> int:
     Client files larger than this are refused before any byte of them is parsed."""
     payload = 0
     for target in global_meta.targets.values():
-        if global_meta.kind == "scaling":
+        if not kind_of(global_meta.kind).binary:
             payload += 4 * target.out_features
         else:
             payload += CODE_BYTES_PER_WEIGHT * math.prod(target.shape) + HEADER_BYTES_PER_ENTRY

@@ -45,11 +45,14 @@ class TargetMeta(_Strict):
 
 
 class ClientRecord(_Strict):
+    """One accepted upload in a global. With ``privacy.mode: client`` the uploads are not noised,
+    so only ``client`` and ``num_examples`` are published (README "What is published, per mode")."""
+
     client: int
     num_examples: int
-    digest: str
-    bytes: int
-    mask_bits: int
+    digest: str | None = None
+    bytes: int | None = None
+    mask_bits: int | None = None
 
 
 class DroppedRecord(_Strict):

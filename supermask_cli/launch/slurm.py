@@ -23,7 +23,6 @@ from ..errors import SupermaskError
 from ..steps.progress import progress
 from .quoting import refuse_control, sbatch_arg, sbatch_value, shell_word
 
-
 ARRAY_TASK = "$SLURM_ARRAY_TASK_ID"  # an array job's client id
 
 

@@ -20,9 +20,11 @@ import math
 
 import torch
 
-from ..aggregate import global_key
+from ..checkpoint import global_key
+from ..checkpoint import ClientRecord
 from ..config import Config
 from ..errors import SupermaskError
+from ..mask.kinds import kind_of
 from ..mask.layer import MaskedLinear
 from . import ledger
 from .dpsgd import secret_generator
@@ -32,8 +34,7 @@ MIN_DISCRETE_SIGMA = 3.0
 
 def reference(kind: str, global_tensors: dict[str, torch.Tensor], client_key: str) -> torch.Tensor:
     """The global's likelier mask value per weight: probs ≥ 0.5 (bernoulli) or its mask (threshold)."""
-    value = global_tensors[global_key(client_key, kind)]
-    return value >= 0.5 if kind == "bernoulli" else value.bool()
+    return kind_of(kind).hard_reference(global_tensors[global_key(client_key, kind)])
 
 
 def bound_flips(
@@ -66,6 +67,12 @@ def clip_l2(tensors: dict[str, torch.Tensor], bound: float) -> dict[str, torch.T
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
     factor = min(1.0, bound / norm) if norm > 0 else 1.0
     return {k: t * factor for k, t in tensors.items()}
+
+
+def public_record(record: ClientRecord) -> ClientRecord:
+    """What a global says of one upload in client mode: whose it is and its example count, never a
+    value computed from the un-noised upload itself (its digest, size or mask bits)."""
+    return ClientRecord(client=record.client, num_examples=record.num_examples)
 
 
 def discrete_gaussian(shape: tuple[int, ...], sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -145,16 +152,14 @@ def bound_upload(
 def flip_priority(
     kind: str, layers: dict[str, MaskedLinear], global_tensors: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """How far the client moved each weight: |probs − global probs| (bernoulli) or |scores − τ|."""
-    out = {}
+    """How far the client moved each weight: |probs − global probs| (bernoulli) or |scores − τ|;
+    empty for kinds without a mask (their float update is clipped instead)."""
+    spec = kind_of(kind)
+    if not spec.binary:
+        return {}
     with torch.no_grad():
-        for name, layer in layers.items():
-            scores = layer.scores.detach().float().cpu()
-            if kind == "bernoulli":
-                out[f"mask/{name}"] = (torch.sigmoid(scores) - global_tensors[f"probs/{name}"].float()).abs()
-            else:
-                out[f"mask/{name}"] = (scores - layer.tau).abs()
-    return out
+        return {f"mask/{name}": spec.flip_priority(layer, global_tensors[f"{spec.global_group}/{name}"])
+                for name, layer in layers.items()}
 
 
 def aggregate(

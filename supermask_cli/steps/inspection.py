@@ -11,10 +11,10 @@ from typing import Any
 from .. import checkpoint, coding, storage
 from ..config import Config, config_from_dict
 from ..errors import SupermaskError
+from ..mask.kinds import kind_of
 from ..masked_model import bake_global
 from .checks import check_base_matches, derive_seed, load_base, load_global
 from .evaluation import EVAL_STREAM
-
 
 
 def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
     else:
         ckpt = checkpoint.load_checkpoint(path, reference=reference)
     modules = []
-    ideal_total = 0.0 if reference is not None and meta.kind != "scaling" and meta.role == "client" else None
+    ideal_total = 0.0 if reference is not None and kind_of(meta.kind).binary and meta.role == "client" else None
     for name, target in meta.targets.items():
         numel = math.prod(target.shape)
         row: dict[str, Any] = {"module": name, "shape": target.shape, "weights": numel}

@@ -11,13 +11,13 @@ from .. import checkpoint, storage
 from ..config import Config
 from ..layout import Layout
 from ..privacy.policy import ClientPolicy, PolicyRefusal
+from ..runlog import AggregateResult, read_metrics, upload_summary
 from ..tracking import TensorBoardLog, mlflow_for
 from .aggregation import aggregate
 from .evaluation import evaluate
 from .initialize import init
 from .participants import write_participants
 from .pool import metric_names, resolved
-from .runlog import AggregateResult, read_metrics, upload_summary
 from .training import ClientResult, train_client
 
 
@@ -101,7 +101,7 @@ def run(
         if board:
             board.scalars("eval", summary.metrics, rnd)
             board.scalars("round", summary.row(metric_names(cfg)[0]), rnd)
-            for client in summary.clients:
+            for client in summary.clients if cfg.privacy.mode == "none" else []:  # no noise covers these
                 board.scalars(f"client_{client.client:03d}", vars(client), rnd)
         if tracker:
             tracker.scalars("eval", summary.metrics, rnd)

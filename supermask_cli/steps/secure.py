@@ -23,7 +23,7 @@ from .. import checkpoint, storage
 from ..config import Config, config_digest
 from ..errors import SecureAggregationError
 from ..layout import Layout
-from ..aggregate import example_weights
+from ..rules import example_weights
 from ..secagg import agreement, identity, masking, messages, recovery, sharing, upload
 from ..secagg.agreement import Context
 from ..secagg.keystore import KeyStore

@@ -11,12 +11,20 @@ from .. import __version__, checkpoint, storage
 from ..checkpoint import Checkpoint, FileMeta
 from ..config import Config
 from ..errors import SupermaskError
+from ..local_training import (
+    DEFAULT_LR,
+    TrainSettings,
+    planned_steps,
+    train_masks,
+    use_dropout,
+)
+from ..mask.kinds import kind_of
 from ..masked_model import trainable_from_global, upload_tensors
 from ..data import Examples
 from ..privacy import client_level
 from ..privacy.dpsgd import ExamplePrivacy
 from ..privacy.policy import ClientPolicy
-from ..train import DEFAULT_LR, TrainSettings, planned_steps, resolve_device, train_masks, use_dropout
+from ..runtime import resolve_device
 from .checks import check_base_matches, derive_seed, load_base, open_round, refuse_existing
 from .participants import sampled, write_participants
 from .pool import client_examples
@@ -61,12 +69,13 @@ def choose_encoding(
     meta: FileMeta, tensors: dict[str, torch.Tensor], gl: Checkpoint, requested: str
 ) -> tuple[FileMeta, dict[str, torch.Tensor]]:
     """Encode the upload as ``requested``; ``auto`` tries AUTO_ENCODINGS and keeps the `preferred_encoding` one."""
-    if meta.kind == "scaling":
-        meta = meta.model_copy(update={"encoding": "float"})
+    spec = kind_of(meta.kind)
+    if not spec.binary:  # float vectors: one encoding
+        meta = meta.model_copy(update={"encoding": spec.upload_encodings[0]})
         stored = checkpoint.encode_tensors(meta, tensors, gl)
         return meta.model_copy(update={"mask_bits": checkpoint.payload_bits(stored)}), stored
-    if meta.kind == "threshold":
-        flips = sum(int((tensors[f"mask/{n}"] != gl.tensors[f"mask/{n}"]).sum()) for n in meta.targets)
+    if spec.coded_with_flip_rate:
+        flips = sum(int((tensors[f"mask/{n}"] != gl.tensors[f"{spec.global_group}/{n}"]).sum()) for n in meta.targets)
         meta = meta.model_copy(update={"coding_flip_rate": flips / meta.num_weights})
     candidates: dict[str, tuple[FileMeta, dict[str, torch.Tensor]]] = {}
     for encoding in AUTO_ENCODINGS if requested == "auto" else (requested,):

@@ -4,7 +4,6 @@ nothing secret under run_dir; refusals as one line with exit 2."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 

@@ -3,11 +3,10 @@ floats within the fixed point's half step."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from supermask_cli.aggregate import RunningMean, example_weights
+from supermask_cli.rules import RunningMean, example_weights
 from supermask_cli.errors import SecureAggregationError
 from supermask_cli.secagg import encoding, simulate, upload
 from supermask_cli.secagg.agreement import Context
