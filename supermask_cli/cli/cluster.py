@@ -35,6 +35,9 @@ def slurm(
         Optional[str], typer.Option("--slurm-dir", help="Job scripts, logs and jobs.json (default: <run_dir>/slurm).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write and print the job scripts; submit nothing.")] = False,
+    privacy_policies: Annotated[Optional[Path], typer.Option(
+        "--privacy-policies", help="Client N's job trains with --privacy-policy DIR/client-N.yaml."
+    )] = None,
 ) -> None:
     """Submit the whole run to Slurm at once: per round a job array of its clients, then aggregate and eval.
 
@@ -48,7 +51,7 @@ def slurm(
     cfg = read_config(config, set_)
     opts = launcher.options(cfg, config, set_ or [], rounds=rounds, array_parallelism=array_parallelism,
                             sbatch_args=sbatch_arg or [], gpus_per_client=gpus_per_client,
-                            aggregate_wait=aggregate_wait, directory=slurm_dir)
+                            aggregate_wait=aggregate_wait, directory=slurm_dir, privacy_policies=privacy_policies)
     records = launcher.submit(cfg, opts, dry_run=dry_run)
     if not records:
         out.print(f"nothing to submit: {opts.rounds} round(s) of {cfg.run_dir} are done")

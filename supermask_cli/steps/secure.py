@@ -318,8 +318,8 @@ def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], 
     sr = open_secure_round(cfg, rnd)
     listed = read_survivors(sr)
     shares = shares_messages(sr)
-    digests = {(kind, owner, holder): entry[f"{kind}_digest"].hex()
-               for owner, msg in shares.items() for holder, entry in msg["holders"].items() for kind in sharing.KINDS}
+    digests = {(part, owner, holder): entry[f"{part}_digest"].hex()
+               for owner, msg in shares.items() for holder, entry in msg["holders"].items() for part in sharing.KINDS}
     mask_public = {c: msg["mask_public"] for c, msg in public_keys(sr, identities).items()}
     answers = {c: {"self": a["self"], "pair": a["pair"]} for c, a in unmask_answers(sr).items()}
     self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -180,6 +182,28 @@ def test_run_simulates_each_clients_policy(tiny_config, tmp_path):
     for client, count in enumerate([1, 2, 2]):
         (name,) = [n for n in _ledger_files(tmp_path / f"ledger-{client}") if n.endswith(".json")]
         assert len(json.loads((tmp_path / f"ledger-{client}" / name).read_text())["releases"]) == count
+
+
+def test_slurm_jobs_train_each_client_with_its_own_policy(tiny_config, tmp_path):
+    policies = tmp_path / "policies dir"  # a space: the path must survive the job script's quoting
+    policies.mkdir()
+    config = tiny_config("threshold", federation={"num_clients": 2, "rounds": 1})
+    missing = CliRunner().invoke(app, ["slurm", "--config", str(config), "--dry-run", "--privacy-policies", str(policies)])
+    assert missing.exit_code == 2 and "no policy for client(s) [0, 1]" in " ".join(missing.output.split())
+    for c in range(2):
+        (policies / f"client-{c}.yaml").write_text("privacy: {mode: example, max_epsilon: 3}\nledger: l\n")
+    result = CliRunner().invoke(app, ["slurm", "--config", str(config), "--dry-run", "--privacy-policies", str(policies)])
+    assert result.exit_code == 0, result.output
+    script = next((tmp_path / "run_threshold" / "slurm").glob("clients_000*.sh")).read_text()
+    command = script.strip().splitlines()[-1]
+    words = shlex.split(command)
+    assert words[words.index("--privacy-policy") + 1] == f"{policies.resolve()}/client-$SLURM_ARRAY_TASK_ID.yaml"
+    # what bash passes in array task 1: the command's words, printed one per line instead of run
+    echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + command.split(" ", 1)[1]],
+                            env={"SLURM_ARRAY_TASK_ID": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    args = echoed.stdout.splitlines()
+    assert args[args.index("--client") + 1] == "1"
+    assert args[args.index("--privacy-policy") + 1] == f"{policies.resolve()}/client-1.yaml"
 
 
 # ------------------------------------------------------------------ what the run publishes
