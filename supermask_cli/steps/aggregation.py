@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import torch
 
-from .. import __version__, checkpoint
+from .. import __version__, checkpoint, storage
 from ..checkpoint import (
     AggregationMeta,
     Checkpoint,
@@ -146,6 +146,21 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
     return {}, []
 
 
+def _rejected(layout: Layout, rnd: int, accepted: set[int]) -> list[DroppedRecord]:
+    """The uploads a launcher refused before they entered ``clients/`` (``rejected/``, with their
+    one-line reasons), for clients that have no accepted upload."""
+    out = []
+    for client, path in sorted(layout.rejected(rnd).items()):
+        if client in accepted:
+            continue
+        try:
+            reason = storage.read_bytes(path, 4096, what="reason").decode("utf-8", "replace").strip()
+        except SupermaskError as exc:
+            reason = str(exc)
+        out.append(DroppedRecord(file=layout.rejected_path(rnd, client), reason=" ".join(reason.split())[:1000]))
+    return out
+
+
 def _require_min_clients(valid: int, rnd: int, cfg: Config, dropped: list[DroppedRecord], missing: list[int]) -> None:
     if valid >= cfg.federation.min_clients:
         return
@@ -204,6 +219,7 @@ def aggregate(
         tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
+    dropped += _rejected(layout, rnd, accepted)
     if cfg.privacy.mode == "client":  # un-noised uploads: publish who took part, nothing computed from them
         records = [client_level.public_record(r) for r in records]
     meta = gl.meta.model_copy(
