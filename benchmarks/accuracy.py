@@ -35,10 +35,11 @@ import torch  # noqa: E402
 
 from supermask_cli import steps as api  # noqa: E402
 from supermask_cli.config import Config, load_config  # noqa: E402
-from supermask_cli.evaluate import evaluate_model  # noqa: E402
+from supermask_cli.predict import evaluate_model  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
-from supermask_cli.steps.runlog import write_metrics_rows  # noqa: E402
-from supermask_cli.train import batch_order, encode_batch, linear_schedule, resolve_device  # noqa: E402
+from supermask_cli.runlog import write_metrics_rows  # noqa: E402
+from supermask_cli.local_training import batch_order, linear_schedule
+from supermask_cli.runtime import encode_batch, resolve_device  # noqa: E402
 
 # Score learning rates and settings per kind: the package defaults (README, "Mask kinds";
 # docs/BENCHMARKS.md, "Accuracy at an equal number of examples seen").

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from supermask_cli import checkpoint  # noqa: E402
 from supermask_cli import steps as api  # noqa: E402
 from supermask_cli.config import load_config  # noqa: E402
-from supermask_cli.evaluate import predict  # noqa: E402
+from supermask_cli.predict import predict  # noqa: E402
 from supermask_cli.masked_model import bake_global  # noqa: E402
-from supermask_cli.train import resolve_device  # noqa: E402
+from supermask_cli.runtime import resolve_device  # noqa: E402
 
 
 def train_global(cfg) -> str:

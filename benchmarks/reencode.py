@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from supermask_cli import checkpoint, storage  # noqa: E402
 from supermask_cli.layout import Layout  # noqa: E402
-from supermask_cli.steps.runlog import read_metrics_rows, write_metrics_rows  # noqa: E402
+from supermask_cli.runlog import read_metrics_rows, write_metrics_rows  # noqa: E402
 from supermask_cli.steps.training import choose_encoding  # noqa: E402
 
 

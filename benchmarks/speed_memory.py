@@ -74,7 +74,8 @@ def _heavy(threads: int | None = None) -> None:
     import supermask_cli.data
     import supermask_cli.masked_model
     import supermask_cli.model
-    import supermask_cli.train
+    import supermask_cli.local_training
+    import supermask_cli.runtime
     import supermask_cli.steps
 
     np, torch = numpy, _torch
@@ -86,10 +87,10 @@ def _heavy(threads: int | None = None) -> None:
     Examples = supermask_cli.data.Examples
     trainable_from_global = supermask_cli.masked_model.trainable_from_global
     resolve_model_path = supermask_cli.model.resolve_model_path
-    train = supermask_cli.train
+    train = supermask_cli.local_training
     DEFAULT_LR = train.DEFAULT_LR
-    encode_batch = supermask_cli.train.encode_batch
-    linear_schedule = supermask_cli.train.linear_schedule
+    encode_batch = supermask_cli.runtime.encode_batch
+    linear_schedule = supermask_cli.local_training.linear_schedule
 
 
 def target_device(name: str) -> torch.device:

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint
-from .mask.functions import scores_from_mask, scores_from_probs
 from .mask.inject import inject
-from .mask.layer import MaskedLinear, bake
+from .mask.kinds import kind_of
+from .mask.layer import MaskedLinear
 from .model import BaseModel
 
 
@@ -24,17 +24,12 @@ def trainable_from_global(
     base: BaseModel, ckpt: Checkpoint, *, tau: float, init_score: float
 ) -> tuple[dict[str, MaskedLinear], list[nn.Parameter]]:
     """Wrap the targets so that the masked model starts from the global; returns layers and head params."""
-    kind = ckpt.meta.kind
+    spec = kind_of(ckpt.meta.kind)
     load_head(base.model, ckpt.group("head"))
-    layers = inject(base.model, base.targets, kind, tau)
+    layers = inject(base.model, base.targets, spec.name, tau)
     with torch.no_grad():
         for name, layer in layers.items():
-            if kind == "bernoulli":
-                layer.scores.copy_(scores_from_probs(ckpt.tensors[f"probs/{name}"]))
-            elif kind == "threshold":
-                layer.scores.copy_(scores_from_mask(ckpt.tensors[f"mask/{name}"], tau, init_score))
-            else:
-                layer.scale.copy_(ckpt.tensors[f"scale/{name}"])
+            spec.start(layer, ckpt.tensors[f"{spec.global_group}/{name}"], tau, init_score)
     head_names = set(ckpt.group("head"))
     head_params = [p for n, p in base.model.named_parameters() if n in head_names]
     for p in head_params:
@@ -47,16 +42,11 @@ def upload_tensors(
 ) -> dict[str, torch.Tensor]:
     """What a client uploads: one sampled mask (bernoulli), the hard mask (threshold) or the
     scaling vectors, plus the head; decoded form, on CPU."""
+    spec = kind_of(kind)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, layer in layers.items():
-            if kind == "scaling":
-                out[f"scale/{name}"] = layer.scale.detach().float().cpu().clone()
-            elif kind == "bernoulli":
-                probs = torch.sigmoid(layer.scores.detach().float().cpu())
-                out[f"mask/{name}"] = torch.bernoulli(probs, generator=generator).bool()
-            else:
-                out[f"mask/{name}"] = (layer.scores.detach().cpu() >= layer.tau)
+            out[f"{spec.payload}/{name}"] = spec.upload(layer, generator)
         for name, p in head_params.items():
             out[f"head/{name}"] = p.detach().float().cpu().clone()
     return out
@@ -67,18 +57,11 @@ def bake_global(base: BaseModel, ckpt: Checkpoint, eval_mode: str = "expected", 
 
     ``bernoulli`` globals use the expected mask W * probs (``expected``) or one seeded sample
     (``sample``): the network the clients trained, never probs >= 0.5."""
-    kind = ckpt.meta.kind
+    spec = kind_of(ckpt.meta.kind)
     load_head(base.model, ckpt.group("head"))
     generator = torch.Generator().manual_seed(seed)
     for name in base.targets:
-        module = base.model.get_submodule(name)
-        if kind == "bernoulli":
-            probs = ckpt.tensors[f"probs/{name}"]
-            value = probs if eval_mode == "expected" else torch.bernoulli(probs, generator=generator)
-        elif kind == "threshold":
-            value = ckpt.tensors[f"mask/{name}"]
-        else:
-            value = ckpt.tensors[f"scale/{name}"]
-        bake(module, kind, value)
+        value = spec.bake_value(ckpt.tensors[f"{spec.global_group}/{name}"], eval_mode, generator)
+        spec.bake(base.model.get_submodule(name), value)
     base.model.eval()
     return base.model

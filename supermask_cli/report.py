@@ -13,7 +13,7 @@ from typing import Any
 from . import checkpoint, seeds, storage
 from .errors import SupermaskError
 from .layout import Layout
-from .steps.runlog import read_metrics_rows, round_rows
+from .runlog import read_metrics_rows, round_rows
 
 MAIN_METRICS = ("accuracy", "matthews_correlation", "f1", "pearson", "spearman")
 

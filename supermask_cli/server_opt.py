@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .checkpoint import global_key
 from .mask.functions import clamp_probs
+from .mask.kinds import kind_of
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 STATE_GROUPS = ("opt_m", "opt_v")
@@ -76,7 +78,8 @@ def state_groups(name: str) -> tuple[str, ...]:
 
 def stepped(global_key: str, kind: str) -> bool:
     """Whether the optimizer steps this global tensor (threshold masks are votes and pass through)."""
-    return not (kind == "threshold" and global_key.startswith("mask/"))
+    spec = kind_of(kind)
+    return spec.server_steps or not global_key.startswith(f"{spec.global_group}/")
 
 
 def to_scores(global_key: str, value: torch.Tensor) -> torch.Tensor:
@@ -121,12 +124,12 @@ def server_step(
     previous: dict[str, torch.Tensor],
     kind: str,
     opt: ServerOptimizer,
-    global_key,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Step every reduced value from the previous global; returns (values in the reduced space,
     optimizer state keyed ``opt_m/<global key>`` / ``opt_v/<global key>``).
 
-    ``reduced`` is keyed by client key; ``global_key(client_key, kind)`` names the global tensor.
+    ``reduced`` is keyed by client key; ``checkpoint.global_key(client_key, kind)`` names the global
+    tensor. Threshold masks are votes, not averages, and pass through.
     ``previous`` is the round's global tensors, state included (missing state = zeros)."""
     if opt.is_identity:
         return reduced, {}

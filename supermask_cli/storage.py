@@ -28,6 +28,11 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def parent(path: str) -> str:
+    """The folder holding ``path`` ('' for a bare file name), URL scheme kept."""
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
 def exists(path: str) -> bool:
     fs, p = filesystem(path)
     return fs.exists(p)
@@ -136,9 +141,9 @@ def write_atomic(path: str, data: bytes, *, force: bool = False) -> None:
         finally:
             os.close(dir_fd)
     else:
-        parent = p.rsplit("/", 1)[0] if "/" in p else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
+        folder = parent(p)
+        if folder:
+            fs.makedirs(folder, exist_ok=True)
         _put(fs, p, data, path, create=not force)
 
 

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from . import report
 from .errors import SupermaskError
 
 
@@ -108,10 +109,6 @@ class MlflowLog:
     def finish(self, run_dir: str) -> None:
         """Log the run's ``report.png`` (as ``supermask report`` draws it) and end the MLflow run."""
         import tempfile
-
-        from . import (
-            report,  # report reads run directories through the steps: imported late
-        )
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "report.png")

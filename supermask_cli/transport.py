@@ -4,7 +4,7 @@ fetches to obtain round R+1's.
 A delta carries the uploads the server accepted (already entropy-coded against global R), the
 new global's head and its metadata (which names the aggregation rule and the accepted clients in
 order). The receiver decodes the uploads against its global R, reduces them with the server's own
-aggregation functions, and re-encodes: the result is byte-identical to the server's file, which
+reducer (``reducer.next_global_tensors``), and re-encodes: the result is byte-identical to the server's file, which
 the delta's SHA-256 confirms. Everything needed is in a run directory (global R, global R+1 and
 round R's client files), so a launcher or a bucket reader can build deltas without the server.
 """
@@ -15,16 +15,15 @@ import json
 import os
 from dataclasses import dataclass
 
-import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import checkpoint, storage
-from .aggregate import STREAMING_RULES, RunningMean, next_global, reduce_stacked, round_weights
-from .checkpoint import Checkpoint, FileMeta
+from .checkpoint import Checkpoint
 from .config import Config
 from .errors import CheckpointError
 from .layout import Layout
+from .reducer import next_global_tensors
 
 DELTA_KEY = "supermask-delta"
 DELTA_VERSION = 1
@@ -69,20 +68,6 @@ def encode_delta(new_global: bytes, client_files: list[bytes], *, path: str = "g
     return st_save(ordered, metadata={DELTA_KEY: json.dumps(info, sort_keys=True, separators=(",", ":"))})
 
 
-def _reduce(cfg: Config, meta: FileMeta, decoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The reduced client values, as ``steps.aggregate`` computes them (same order, weights, rule)."""
-    agg = meta.aggregation
-    assert agg is not None
-    fed = cfg.federation
-    weights = round_weights([r.num_examples for r in agg.clients], agg.rule, fed.weighting, fed.max_client_share)
-    if agg.rule in STREAMING_RULES:
-        running = RunningMean()
-        for tensors, weight in zip(decoded, weights):
-            running.add(tensors, weight)
-        return running.result()
-    return reduce_stacked(decoded, weights, agg.rule, trim_ratio=fed.trim_ratio)
-
-
 def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = "delta") -> bytes:
     """The bytes of the next global, rebuilt from ``previous`` (the receiver's global) and a delta;
     raises CheckpointError when the delta is for another global or does not rebuild exactly."""
@@ -104,9 +89,9 @@ def apply_delta(cfg: Config, previous: Checkpoint, delta: bytes, *, path: str = 
         prefix = _client_prefix(index)
         payload = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
         decoded.append(checkpoint.decode_stored(client_meta, payload, previous, f"{path} (client {client_meta.client})"))
-    reduced = _reduce(cfg, meta, decoded)
-    tensors = next_global(reduced, previous.tensors, meta.kind, cfg.federation, rule=meta.aggregation.rule,
-                          num_clients=len(decoded), rnd=meta.round - 1)
+    counts = [r.num_examples for r in meta.aggregation.clients]
+    tensors = next_global_tensors(decoded.__getitem__, counts, previous.tensors, meta.kind, cfg,
+                                  rule=meta.aggregation.rule, rnd=meta.round - 1)
     tensors.update({k: v for k, v in stored.items() if k.startswith("head/")})
     data = checkpoint.serialize(meta, checkpoint.encode_tensors(meta, tensors, None))
     if checkpoint.file_digest(data) != info["digest"]:

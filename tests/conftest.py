@@ -119,3 +119,15 @@ def tiny_config(tmp_path, tiny_model, tiny_data):
         return path
 
     return make
+
+
+def aggregate_stacked(clients, weights, kind, rule="mean", *, trim_ratio=0.1, max_share=1.0, previous=None,
+                      server=None, bayes_prior=1.0, bayes_reset=False):
+    """Decoded client tensors (all in memory) -> global tensors with the rules' pure functions:
+    ``reduce_stacked`` then ``finish`` (the reducer's stacked path without a config)."""
+    from supermask_cli import rules
+    from supermask_cli.server_opt import ServerOptimizer
+
+    reduced = rules.reduce_stacked(clients, weights, rule, trim_ratio=trim_ratio, max_share=max_share)
+    bayes = (len(clients), bayes_prior, bayes_reset) if rule == "bayes" else None
+    return rules.finish(reduced, previous or {}, kind, server=server or ServerOptimizer(), bayes=bayes)

@@ -4,6 +4,9 @@ start's round 1), as JSON: run it before and after a refactor that must not chan
     python scripts/dev/golden_globals.py --out before.json            # on the old commit
     python scripts/dev/golden_globals.py --compare before.json        # on the new one: exit 1 on a difference
     python scripts/dev/golden_globals.py --minilm --out before.json   # + quick start round 1 (~4 min)
+
+Runs happen in one fixed folder (``--work``) because the tiny model's path is recorded in every
+file's metadata: two invocations in different folders differ in those bytes alone.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +48,10 @@ VARIANTS = [
     ("bernoulli_coded", "bernoulli", {"mask": {"encoding": "coded"}}),
     ("bernoulli_sparse", "bernoulli", {"mask": {"encoding": "sparse"}}),
     ("threshold_packed_uniform", "threshold", {"mask": {"encoding": "packed"}, "federation": {"weighting": "uniform"}}),
+    # client-level privacy's bounded-contribution path; noise (and example-level DP's Poisson batches)
+    # come from the OS's secret source by design, so only the noiseless path is reproducible
+    ("threshold_client_bounded", "threshold", {"privacy": {"mode": "client", "noise_multiplier": 0.0}}),
+    ("bernoulli_client_bounded", "bernoulli", {"privacy": {"mode": "client", "noise_multiplier": 0.0, "max_flips": 64}}),
 ]
 
 
@@ -59,7 +67,9 @@ def run(config: Path, *sets: str) -> None:
     cmd = [sys.executable, "-m", "supermask_cli", "run", "--config", str(config)]
     for s in sets:
         cmd += ["--set", s]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"{config}: exit {done.returncode}\n{done.stderr[-3000:]}")
 
 
 def tiny_runs(work: Path) -> dict[str, dict[str, str]]:
@@ -87,11 +97,16 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--compare")
     parser.add_argument("--minilm", action="store_true")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "supermask-golden"),
+                        help="Work folder, emptied first. Model and data paths enter every file's metadata (and so "
+                             "its bytes): compare runs made in the same folder.")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = tiny_runs(Path(tmp))
-        if args.minilm:
-            result["minilm_quickstart"] = minilm_round1(Path(tmp))
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    result = tiny_runs(work)
+    if args.minilm:
+        result["minilm_quickstart"] = minilm_round1(work)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -16,6 +16,9 @@ key                 stored as                              present in
 ``opt_v/<key>``                                            momentum (m), adam and yogi (m, v)
 ``beta_a/<key>``    float32, the shape of ``probs/<module>``  bernoulli globals of ``aggregator: bayes``
 ``beta_b/<key>``                                           (the Beta posterior's α, β)
+``masked/<key>``    uint8, k-bit words packed end to end    masked client uploads (secure aggregation;
+                    (``secagg.packing``)                    ``<key>`` a plaintext upload key, k per key
+                                                           in ``secure_aggregation.bits``)
 ==================  =====================================  ==========================================
 
 ``<key>`` is a global tensor's own key: ``opt_m/probs/<module>``, ``opt_m/head/<param>``,
@@ -40,12 +43,23 @@ from safetensors.torch import save as st_save
 
 from .. import coding, storage
 from ..errors import CheckpointError, SupermaskError
+from ..mask.kinds import kind_of
 from .meta import (  # noqa: F401  (the schema and constants are part of this module's API)
     BAYES_GROUPS, CODED_ENCODINGS, FLIP_RATE_RANGE, FORMAT_NAME, FORMAT_VERSION, GROUPS,
     MAX_ENTRIES, MAX_FILE_BYTES, MAX_HEADER_BYTES, META_KEY, OPT_GROUPS, STATE_GROUPS,
     AggregationMeta, BaseModelMeta, Checkpoint, ClientPrivacy, ClientRecord, DroppedRecord,
-    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, TargetMeta,
+    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, SecureUpload, TargetMeta,
 )
+from ..secagg.packing import packed_bytes
+from ..secagg.prg import MAX_BITS as MAX_MASKED_BITS
+
+
+def global_key(client_key: str, kind: str) -> str:
+    """The global tensor a client tensor aggregates into: a bernoulli client's ``mask/<module>``
+    becomes the global's ``probs/<module>``; every other key keeps its name."""
+    group, _, name = client_key.partition("/")
+    spec = kind_of(kind)
+    return f"{spec.global_group}/{name}" if group == spec.payload else client_key
 
 
 def file_digest(data: bytes) -> str:
@@ -54,10 +68,9 @@ def file_digest(data: bytes) -> str:
 
 def reference_probs(meta: FileMeta, name: str, reference: Checkpoint) -> torch.Tensor:
     """The probabilities a client mask of module ``name`` is coded against, from its global."""
-    if meta.kind == "bernoulli":
-        return reference.tensors[f"probs/{name}"]
+    spec = kind_of(meta.kind)
     rate = min(max(meta.coding_flip_rate or 0.0, FLIP_RATE_RANGE[0]), FLIP_RATE_RANGE[1])
-    return torch.where(reference.tensors[f"mask/{name}"], 1.0 - rate, rate).float()
+    return spec.coded_probs(reference.tensors[f"{spec.global_group}/{name}"], rate)
 
 
 def reference_plan(reference: Checkpoint, name: str) -> coding.SparsePlan:
@@ -76,20 +89,31 @@ def state_groups(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [group for group in STATE_GROUPS if group in present]
 
 
+def plaintext_shapes(meta: FileMeta) -> dict[str, tuple[int, ...]]:
+    """The decoded upload tensors of a client of this run: key -> shape (what a masked upload masks)."""
+    spec = kind_of(meta.kind)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, target in meta.targets.items():
+        out[f"{spec.payload}/{name}"] = tuple(target.shape) if spec.binary else (target.out_features,)
+    for name, shape in meta.head.items():
+        out[f"head/{name}"] = tuple(shape)
+    return out
+
+
 def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
-    if meta.kind == "scaling":
-        return ("scale", "head")
+    spec = kind_of(meta.kind)
+    if meta.encoding == "masked":
+        return ("masked",)
     if meta.role == "global":
-        return ("probs", "head") if meta.kind == "bernoulli" else ("mask", "head")
+        return (spec.global_group, "head")
+    if not spec.binary:
+        return (spec.payload, "head")
     return ("code" if meta.encoding in CODED_ENCODINGS else "mask", "head")
 
 
 def _expected_encoding(meta: FileMeta) -> set[str]:
-    if meta.kind == "scaling" or (meta.role == "global" and meta.kind == "bernoulli"):
-        return {"float"}
-    if meta.role == "global":
-        return {"packed"}
-    return {"packed", "coded", "sparse", "none"}
+    spec = kind_of(meta.kind)
+    return {spec.global_encoding} if meta.role == "global" else set(spec.upload_encodings) | {"masked"}
 
 
 def encode_tensors(
@@ -99,7 +123,9 @@ def encode_tensors(
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         group, _, name = key.partition("/")
-        if group != "mask":
+        if group == "masked":
+            out[key] = value.contiguous().cpu()
+        elif group != "mask":
             out[key] = value.detach().float().contiguous().cpu()
         elif meta.encoding == "packed":
             out[key] = coding.pack_bits(value)
@@ -123,6 +149,7 @@ def payload_bits(stored: dict[str, torch.Tensor]) -> int:
         t.numel() * t.element_size() * 8
         for k, t in stored.items()
         if k.split("/", 1)[0] in ("probs", "mask", "code", "scale")
+        or (k.startswith("masked/") and k.split("/", 2)[1] != "head")
     )
 
 
@@ -192,8 +219,8 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, f"encoding {meta.encoding!r} is not valid for a {meta.kind} {meta.role} file")
     if (meta.role == "client") != (meta.client is not None):
         raise _fail(path, "metadata 'client' must be set for client files and only for them")
-    if meta.encoding == "coded" and meta.kind == "threshold" and meta.coding_flip_rate is None:
-        raise _fail(path, "coded threshold file lacks 'coding_flip_rate'")
+    if meta.encoding == "coded" and kind_of(meta.kind).coded_with_flip_rate and meta.coding_flip_rate is None:
+        raise _fail(path, f"coded {meta.kind} file lacks 'coding_flip_rate'")
     if meta.encoding == "sparse" and meta.coding_flip_rate is not None:
         raise _fail(path, "sparse file must not set 'coding_flip_rate'")
     if meta.coding_flip_rate is not None and not math.isfinite(meta.coding_flip_rate):
@@ -202,14 +229,28 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "metadata 'server_state' must be empty in a client file")
     if len(set(meta.server_state)) != len(meta.server_state):
         raise _fail(path, "metadata 'server_state' lists a group twice")
-    if meta.kind != "bernoulli" and set(meta.server_state) & set(BAYES_GROUPS):
+    if not kind_of(meta.kind).probabilistic and set(meta.server_state) & set(BAYES_GROUPS):
         raise _fail(path, "metadata 'server_state' holds a Beta posterior, which only bernoulli globals have")
+    if (meta.encoding == "masked") != (meta.secure_aggregation is not None):
+        raise _fail(path, "metadata 'secure_aggregation' must be set for masked uploads and only for them")
+    if meta.secure_aggregation is not None:
+        record = meta.secure_aggregation
+        if set(record.bits) != set(plaintext_shapes(meta)):
+            raise _fail(path, "metadata 'secure_aggregation.bits' must name every upload tensor of this run")
+        if not all(1 <= k <= MAX_MASKED_BITS for k in record.bits.values()):
+            raise _fail(path, f"metadata 'secure_aggregation.bits' outside 1..{MAX_MASKED_BITS}")
+        if record.weight > record.total_weight or len(set(record.peers)) != len(record.peers) or meta.client in record.peers:
+            raise _fail(path, "metadata 'secure_aggregation': weight above the total, or peers repeated or including the client")
     return meta
 
 
 def _expected_spec(meta: FileMeta) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
     """Every key the file must hold with its dtype and shape (None: 1-D of any length)."""
     spec: dict[str, tuple[torch.dtype, tuple[int, ...] | None]] = {}
+    if meta.secure_aggregation is not None:
+        for key, shape in plaintext_shapes(meta).items():
+            spec[f"masked/{key}"] = (torch.uint8, (packed_bytes(math.prod(shape), meta.secure_aggregation.bits[key]),))
+        return spec
     groups = _expected_groups(meta)
     for name, target in meta.targets.items():
         numel = math.prod(target.shape)
@@ -259,11 +300,16 @@ def _check_tensors(meta: FileMeta, header: dict, path: str) -> None:
             raise _fail(path, f"tensor {key!r} has shape {list(got)}, expected {list(shape)}")
 
 
-def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str) -> dict[str, torch.Tensor]:
+def decode_stored(
+    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
+) -> dict[str, torch.Tensor]:
+    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in stored.items():
         group, _, name = key.partition("/")
-        if group in ("probs", "scale", "head") or group in STATE_GROUPS:
+        if group == "masked":  # uniform words: nothing to check but the length (done); unpacked by the server
+            out[key] = value
+        elif group in ("probs", "scale", "head") or group in STATE_GROUPS:
             if not torch.isfinite(value).all():
                 raise _fail(path, f"tensor {key!r} holds NaN or Inf")
             if group == "probs" and ((value < 0) | (value > 1)).any():
@@ -298,13 +344,6 @@ def _decode(meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoi
     return out
 
 
-def decode_stored(
-    meta: FileMeta, stored: dict[str, torch.Tensor], reference: Checkpoint | None, path: str
-) -> dict[str, torch.Tensor]:
-    """Stored tensors of a file -> its decoded tensors (the inverse of :func:`encode_tensors`)."""
-    return _decode(meta, stored, reference, path)
-
-
 def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkpoint:
     """Parse and validate checkpoint bytes; coded client files need their ``reference`` global."""
     header, _ = parse_header(data, path)
@@ -319,7 +358,7 @@ def loads(data: bytes, path: str, reference: Checkpoint | None = None) -> Checkp
         stored = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data
         raise _fail(path, f"unreadable safetensors data ({type(exc).__name__})") from None
-    tensors = _decode(meta, stored, reference, path)
+    tensors = decode_stored(meta, stored, reference, path)
     return Checkpoint(meta=meta, tensors=tensors, digest=file_digest(data), path=path, size=len(data))
 
 
@@ -331,13 +370,19 @@ HEADER_SLACK_BYTES = 64 * 1024
 HEADER_BYTES_PER_ENTRY = 512
 
 
-def max_client_bytes(global_meta: FileMeta) -> int:
+def max_client_bytes(global_meta: FileMeta, *, masked: bool = False) -> int:
     """The largest client file a global's metadata allows: mask payload at its worst encoding
     (or the scaling vectors), the head in float32, and a header of the global's names plus slack.
-    Client files larger than this are refused before any byte of them is parsed."""
+    Client files larger than this are refused before any byte of them is parsed. ``masked``
+    (secure aggregation): every upload value may take up to 64 bits."""
+    if masked:
+        values = sum(math.prod(shape) for shape in plaintext_shapes(global_meta).values())
+        names = len(global_meta.model_dump_json())
+        entries = len(global_meta.targets) + len(global_meta.head)
+        return 8 * values + HEADER_SLACK_BYTES + 8 * names + 2 * HEADER_BYTES_PER_ENTRY * entries
     payload = 0
     for target in global_meta.targets.values():
-        if global_meta.kind == "scaling":
+        if not kind_of(global_meta.kind).binary:
             payload += 4 * target.out_features
         else:
             payload += CODE_BYTES_PER_WEIGHT * math.prod(target.shape) + HEADER_BYTES_PER_ENTRY

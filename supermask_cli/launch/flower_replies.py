@@ -98,10 +98,10 @@ def _records(reply: Reply, sent: Sent, expected: dict[str, str]) -> dict[str, Re
         what = "; ".join(filter(None, [missing and f"missing record(s) {', '.join(missing)}",
                                         extra and f"unexpected record(s) {', '.join(extra)}"]))
         raise refuse(reply.node, sent.client, f"{sent.kind} reply: {what}")
-    for name, kind in expected.items():
-        if reply.records[name].type != kind:
+    for name, record_type in expected.items():
+        if reply.records[name].type != record_type:
             raise refuse(reply.node, sent.client,
-                         f"{sent.kind} reply: record {name!r} is a {reply.records[name].type} record, not {kind}")
+                         f"{sent.kind} reply: record {name!r} is a {reply.records[name].type} record, not {record_type}")
     return reply.records
 
 

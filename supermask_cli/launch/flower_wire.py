@@ -71,15 +71,15 @@ class Outgoing:
 
 
 def _record(value: Any) -> Record:
-    kind = _RECORD_TYPES.get(type(value).__name__, type(value).__name__)
-    if kind == ARRAY:
+    record_type = _RECORD_TYPES.get(type(value).__name__, type(value).__name__)
+    if record_type == ARRAY:
         items = {str(k): ArrayView(getattr(a, "dtype", None), getattr(a, "shape", None), getattr(a, "stype", None),
                                    getattr(a, "data", None)) for k, a in value.items()}
-    elif kind in (CONFIG, METRIC):
+    elif record_type in (CONFIG, METRIC):
         items = dict(value.items())
     else:
         items = {}
-    return Record(type=kind, items=items)
+    return Record(type=record_type, items=items)
 
 
 def reply_from_message(message: Any) -> Reply:

@@ -20,11 +20,15 @@ from fsspec.implementations.local import LocalFileSystem
 from .. import storage
 from ..config import Config
 from ..errors import SupermaskError
+from ..privacy.policy import load_policy_dir
 from ..steps.progress import progress
 from .quoting import refuse_control, sbatch_arg, sbatch_value, shell_word
 
-
 ARRAY_TASK = "$SLURM_ARRAY_TASK_ID"  # an array job's client id
+
+
+class TaskWord(str):
+    """A word of a job's command in which each ARRAY_TASK is the array job's client id (a per-client path)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Options:
     python: str = sys.executable
     workdir: Path = field(default_factory=Path.cwd)
     explicit_directory: bool = False  # --slurm-dir given (names it in refusals)
+    privacy_policies: Path | None = None  # client N's job trains with --privacy-policy DIR/client-N.yaml
 
 
 def default_gpus(cfg: Config) -> int:
@@ -81,6 +86,8 @@ def plan(cfg: Config, opts: Options) -> list[Job]:
             missing = rnd.clients_missing
             tolerant = cfg.federation.min_clients < len(rnd.participants)
             train = ["train-client", "--round", str(r), "--client", ARRAY_TASK]
+            if opts.privacy_policies is not None:
+                train += ["--privacy-policy", TaskWord(f"{opts.privacy_policies}/client-{ARRAY_TASK}.yaml")]
             if missing:
                 jobs.append(Job(f"clients_{r:03d}", train, array=missing, after=last, gpus=opts.gpus_per_client))
             wait = ["--wait", str(opts.aggregate_wait)] if tolerant and opts.aggregate_wait else []
@@ -99,7 +106,11 @@ def _job_prefix(cfg: Config) -> str:
 
 
 def _quote(word: str) -> str:
-    return f'"{ARRAY_TASK}"' if word == ARRAY_TASK else shell_word("a word of the job's command", word)
+    if word == ARRAY_TASK:
+        return f'"{ARRAY_TASK}"'
+    if isinstance(word, TaskWord):
+        return f'"{ARRAY_TASK}"'.join(shell_word("a word of the job's command", part) for part in word.split(ARRAY_TASK))
+    return shell_word("a word of the job's command", word)
 
 
 def header(cfg: Config, job: Job, opts: Options) -> list[str]:
@@ -212,19 +223,27 @@ def check_options(opts: Options) -> Options:
     refuse_control("the Python interpreter", opts.python)
     sbatch_value(_directory_what(opts), str(opts.directory / "logs"), path=True)
     sbatch_value("the working directory", str(opts.workdir), path=True)
+    if opts.privacy_policies is not None:
+        refuse_control("--privacy-policies", str(opts.privacy_policies))
     return opts
 
 
 def options(cfg: Config, config: Path, overrides: list[str], *, rounds: int | None, array_parallelism: int | None,
-            sbatch_args: list[str], gpus_per_client: int | None, aggregate_wait: int, directory: str | None) -> Options:
+            sbatch_args: list[str], gpus_per_client: int | None, aggregate_wait: int, directory: str | None,
+            privacy_policies: Path | None = None) -> Options:
     if array_parallelism is not None and array_parallelism < 1:
         raise SupermaskError(f"--array-parallelism {array_parallelism}: must be at least 1")
+    if cfg.secure_aggregation.enabled:
+        raise SupermaskError("secure_aggregation: `supermask slurm` does not submit its steps yet (issue 21); "
+                             "use `supermask run` or the `supermask secagg` steps")
     for o in overrides:
         refuse_control("--set", o)
     if directory is not None:
         refuse_control("--slurm-dir", directory)
     else:
         refuse_control("run_dir", cfg.run_dir)
+    if privacy_policies is not None:
+        load_policy_dir(privacy_policies, cfg.federation.num_clients)  # every client's, valid, before any job
     return check_options(Options(
         config=config.resolve(),
         overrides=list(overrides),
@@ -236,4 +255,5 @@ def options(cfg: Config, config: Path, overrides: list[str], *, rounds: int | No
         aggregate_wait=aggregate_wait,
         python=os.path.abspath(sys.executable),
         explicit_directory=directory is not None,
+        privacy_policies=privacy_policies.resolve() if privacy_policies is not None else None,
     ))

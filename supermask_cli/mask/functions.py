@@ -125,7 +125,7 @@ def compiled_masked_weight(kind: str) -> Callable[..., torch.Tensor]:
     fused kernel instead of three passes over weight-sized tensors. Same estimator and gradients;
     a compiled bernoulli mask draws its sample from inductor's random stream (same distribution,
     other bits than eager). Compiled once per weight shape; the first step pays for it."""
-    eager = bernoulli_masked_weight if kind == "bernoulli" else threshold_masked_weight
+    eager = {"bernoulli": bernoulli_masked_weight, "threshold": threshold_masked_weight}[kind]
     return torch.compile(eager, dynamic=False)
 
 

@@ -34,14 +34,14 @@ def per_example_grads(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> di
     x, g = x.float(), g.float()
     if isinstance(module, MaskedLinear):
         base = module.base
-        if module.kind == "scaling":
+        if not module.spec.binary:
             weight = base.weight.float()
             pre = x @ (weight if is_conv1d(base) else weight.t())
             if base.bias is not None:
                 pre = pre + base.bias.float()
             return {module.scale: (g * pre).sum(1)}
         grad = _outer(base, g, x) * base.weight.float()
-        if module.kind == "bernoulli":
+        if module.spec.probabilistic:  # sigmoid-scaled estimator (mask.functions)
             grad = torch.ops.aten.sigmoid_backward(grad, torch.sigmoid(module.scores.float()))
         return {module.scores: grad}
     out = {}

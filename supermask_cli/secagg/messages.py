@@ -61,22 +61,22 @@ def _id_map(value: Any, where: str, check) -> dict[int, Any]:
     return out
 
 
-def _field(kind: str, value: Any, where: str) -> Any:
-    if kind is int:
+def _field(field_type: str, value: Any, where: str) -> Any:
+    if field_type is int:
         return _int(value, where)
-    if kind == "hex32":
+    if field_type == "hex32":
         return _hex(value, where, 32)
-    if kind == "hex":
+    if field_type == "hex":
         return _hex(value, where, None)
-    if kind == "ids":
+    if field_type == "ids":
         if not isinstance(value, list) or value != sorted(set(value)):
             _fail(where, "expected a sorted list of distinct client ids")
         return [_int(v, where) for v in value]
-    if kind == "id_hex32":
+    if field_type == "id_hex32":
         return _id_map(value, where, lambda v, w: _hex(v, w, 32))
-    if kind == "holders":
+    if field_type == "holders":
         return _id_map(value, where, lambda v, w: _object(v, _HOLDER, w))
-    raise AssertionError(kind)
+    raise AssertionError(field_type)
 
 
 def _object(value: Any, spec: dict, where: str) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def _object(value: Any, spec: dict, where: str) -> dict[str, Any]:
         _fail(where, f"missing fields {sorted(missing)}")
     if unknown:
         _fail(where, f"unknown fields {sorted(unknown)}")
-    return {key: _field(kind, value[key], f"{where}: field '{key}'") for key, kind in spec.items()}
+    return {key: _field(field_type, value[key], f"{where}: field '{key}'") for key, field_type in spec.items()}
 
 
 def _no_duplicates(where: str):

@@ -42,13 +42,13 @@ def answer(ctx: Context, me: int, t: int, holdings: dict[int, dict[str, bytes]],
     # a listed client whose shares this one does not hold (its keys came late) gets nothing revealed
     wanted = {owner: ("self" if owner in survivors else "pair") for owner in sorted((survivors | dropped) & set(holdings))}
     before = dict(revealed or {})
-    flipped = {owner for owner, kind in wanted.items() if before.get(owner, kind) != kind}
+    flipped = {owner for owner, part in wanted.items() if before.get(owner, part) != part}
     if flipped:
         raise SecureAggregationError(f"{where}: it already revealed the other kind of share of clients {_ids(flipped)} "
                                      "(both kinds would unmask their inputs)")
     out: dict[str, dict[int, bytes]] = {"self": {}, "pair": {}}
-    for owner, kind in wanted.items():
-        out[kind][owner] = holdings[owner][kind]
+    for owner, part in wanted.items():
+        out[part][owner] = holdings[owner][part]
     return out, {**before, **wanted}
 
 
@@ -76,18 +76,18 @@ def recover(ctx: Context, t: int, participants: list[int], survivors: set[int], 
     index = {client: k + 1 for k, client in enumerate(participants)}
     shares: dict[tuple[str, int], dict[int, bytes]] = {}
     for holder in sorted(answers):
-        for kind in ("self", "pair"):
-            owners = answers[holder].get(kind, {})
-            expected = survivors if kind == "self" else dropped
+        for part in ("self", "pair"):
+            owners = answers[holder].get(part, {})
+            expected = survivors if part == "self" else dropped
             if set(owners) - expected:
                 raise SecureAggregationError(
-                    f"round {ctx.round}: client {holder}'s unmask answer has {kind} shares of clients {_ids(set(owners) - expected)}, "
+                    f"round {ctx.round}: client {holder}'s unmask answer has {part} shares of clients {_ids(set(owners) - expected)}, "
                     "which were not asked for")
             for owner, share in owners.items():
-                if share_digest(ctx, kind, owner, holder, share) != digests.get((kind, owner, holder)):
+                if share_digest(ctx, part, owner, holder, share) != digests.get((part, owner, holder)):
                     raise SecureAggregationError(
-                        f"round {ctx.round}: client {holder}'s {kind} share of client {owner} does not match the digest client {owner} published")
-                shares.setdefault((kind, owner), {})[index[holder]] = share
+                        f"round {ctx.round}: client {holder}'s {part} share of client {owner} does not match the digest client {owner} published")
+                shares.setdefault((part, owner), {})[index[holder]] = share
     self_seeds = {s: combine(shares.get(("self", s), {}), t, what=f"round {ctx.round}: self-mask seed of client {s}") for s in sorted(survivors)}
     pairs: dict[tuple[int, int], bytes] = {}
     for d in sorted(dropped):

@@ -7,8 +7,16 @@ step (``initialize``, ``training``, ``aggregation``, ``evaluation``, ``runner``,
 with ``export``) and ``runlog`` (``metrics.jsonl``).
 """
 
+from ..runlog import AggregateResult, round_rows, write_metrics_log
 from .aggregation import aggregate
-from .checks import check_base_matches, check_client, derive_seed, load_base, load_global, open_round
+from .checks import (
+    check_base_matches,
+    check_client,
+    derive_seed,
+    load_base,
+    load_global,
+    open_round,
+)
 from .evaluation import evaluate
 from .initialize import InitResult, init
 from .inspection import export, inspect
@@ -23,7 +31,6 @@ from .pool import (
     train_pool,
 )
 from .runner import RoundSummary, run
-from .runlog import AggregateResult, round_rows, write_metrics_log
 from .training import ClientResult, train_client
 
 __all__ = [

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 
-from .. import __version__, checkpoint
-from ..aggregate import STREAMING_RULES, RunningMean, next_global, outliers, reduce_stacked, round_weights, surprise
-from ..checkpoint import AggregationMeta, Checkpoint, ClientRecord, DroppedRecord, FileMeta
+from .. import __version__, checkpoint, storage
+from ..checkpoint import (
+    AggregationMeta,
+    Checkpoint,
+    ClientRecord,
+    DroppedRecord,
+    FileMeta,
+)
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
 from ..layout import Layout
+from ..mask.kinds import kind_of
 from ..privacy import client_level, ledger
+from ..reducer import Rejected, next_global_tensors
+from ..rules import outliers, surprise
+from ..runlog import AggregateResult, aggregate_result, write_metrics_log
 from .checks import check_client, open_round, refuse_existing
+from . import unmasking
 from .participants import sampled, write_participants
-from .runlog import AggregateResult, aggregate_result, write_metrics_log
 
 WAIT_POLL_SECONDS = 2.0
+T = TypeVar("T")
 
 
 def wait_for_clients(layout: Layout, rnd: int, expected: list[int], seconds: float) -> dict[int, str]:
@@ -40,25 +53,46 @@ def _client_paths(layout: Layout, rnd: int, explicit: list[str] | None, expected
     return [present[c] for c in sorted(present)]
 
 
+def _accept(path: str, dropped: list[DroppedRecord], skip_invalid: bool, check: Callable[[], T]) -> T | None:
+    """``check()`` of one upload; a CheckpointError fails the round, or with ``skip_invalid``
+    records the file as dropped (None)."""
+    try:
+        return check()
+    except CheckpointError as exc:
+        if not skip_invalid:
+            raise
+        dropped.append(DroppedRecord(file=path, reason=str(exc)))
+        return None
+
+
+def _max_bytes(gl: Checkpoint, cfg: Config) -> int:
+    return checkpoint.max_client_bytes(gl.meta, masked=cfg.secure_aggregation.enabled)
+
+
+def _load(path: str, gl: Checkpoint, cfg: Config) -> Checkpoint:
+    ckpt = checkpoint.load_checkpoint(path, reference=gl, max_bytes=_max_bytes(gl, cfg))
+    check_client(ckpt.meta, path, gl, cfg)
+    return ckpt
+
+
+def _screen_one(path: str, gl: Checkpoint, cfg: Config, expected: list[int], seen: dict[int, str]) -> FileMeta:
+    meta = checkpoint.read_meta(path, max_bytes=_max_bytes(gl, cfg))
+    check_client(meta, path, gl, cfg)
+    if meta.client in seen:
+        raise CheckpointError(f"{path}: client {meta.client} already uploaded {seen[meta.client]}")
+    if meta.client not in expected:
+        raise CheckpointError(f"{path}: client {meta.client} was not sampled for round {gl.meta.round} (participants: {expected})")
+    return meta
+
+
 def _screen(paths: list[str], gl: Checkpoint, cfg: Config, expected: list[int], dropped: list[DroppedRecord],
             skip_invalid: bool) -> list[tuple[str, FileMeta]]:
     """Metadata checks of every upload (one file per client, sampled clients only)."""
     metas: list[tuple[str, FileMeta]] = []
     seen: dict[int, str] = {}
     for p in paths:
-        try:
-            meta = checkpoint.read_meta(p, max_bytes=checkpoint.max_client_bytes(gl.meta))
-            check_client(meta, p, gl, cfg)
-            if meta.client in seen:
-                raise CheckpointError(f"{p}: client {meta.client} already uploaded {seen[meta.client]}")
-            if meta.client not in expected:
-                raise CheckpointError(
-                    f"{p}: client {meta.client} was not sampled for round {gl.meta.round} (participants: {expected})"
-                )
-        except CheckpointError as exc:
-            if not skip_invalid:
-                raise
-            dropped.append(DroppedRecord(file=p, reason=str(exc)))
+        meta = _accept(p, dropped, skip_invalid, lambda: _screen_one(p, gl, cfg, expected, seen))
+        if meta is None:
             continue
         assert meta.client is not None
         seen[meta.client] = p
@@ -72,14 +106,9 @@ def _drop_outliers(
     """The ``filtered`` rule's first pass: score every upload against the global, drop outliers."""
     scored: list[tuple[str, FileMeta, float]] = []
     for p, meta in metas:
-        try:
-            ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
-        except CheckpointError as exc:
-            if not skip_invalid:
-                raise
-            dropped.append(DroppedRecord(file=p, reason=str(exc)))
-            continue
-        scored.append((p, meta, surprise(gl.meta.kind, ckpt.tensors, gl.tensors)))
+        ckpt = _accept(p, dropped, skip_invalid, lambda: _load(p, gl, cfg))
+        if ckpt is not None:
+            scored.append((p, meta, surprise(gl.meta.kind, ckpt.tensors, gl.tensors)))
     if not scored:
         return []
     scores = torch.tensor([s for _, _, s in scored])
@@ -91,48 +120,45 @@ def _drop_outliers(
     return [(p, m) for (p, m, _), flag in zip(scored, flags) if not flag]
 
 
-def client_weights(metas: list[tuple[str, FileMeta]], rule: str, cfg: Config) -> list[float]:
-    """Each accepted client's weight in the mean (``federation.weighting``, capped under ``capped``)."""
-    fed = cfg.federation
-    return round_weights([m.num_examples for _, m in metas], rule, fed.weighting, fed.max_client_share)
-
-
 def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule: str,
             dropped: list[DroppedRecord], skip_invalid: bool) -> tuple[dict[str, torch.Tensor], list[ClientRecord]]:
-    """Decode and reduce the uploads. Weights depend on who is accepted, so a file dropped while
+    """Decode the uploads into the next global's tensors (``reducer``). A file dropped while
     decoding restarts the pass with the weights of the clients that remain."""
-    while True:
+    while metas:
         records: list[ClientRecord] = []
-        accepted: list[tuple[dict[str, torch.Tensor], float]] = []
-        running = RunningMean()
-        failed: str | None = None
-        for (p, meta), weight in zip(metas, client_weights(metas, rule, cfg)):
-            try:
-                ckpt = checkpoint.load_checkpoint(p, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
-                check_client(ckpt.meta, p, gl, cfg)
-            except CheckpointError as exc:
-                if not skip_invalid:
-                    raise
-                dropped.append(DroppedRecord(file=p, reason=str(exc)))
-                failed = p
-                break
+
+        def load(i: int) -> dict[str, torch.Tensor]:
+            p, meta = metas[i]
+            ckpt = _accept(p, dropped, skip_invalid, lambda: _load(p, gl, cfg))
+            if ckpt is None:
+                raise Rejected(i, p)
             records.append(ClientRecord(client=meta.client or 0, num_examples=meta.num_examples, digest=ckpt.digest,
                                         bytes=ckpt.size, mask_bits=ckpt.meta.mask_bits))
-            if rule in STREAMING_RULES and cfg.privacy.mode != "client":
-                running.add(ckpt.tensors, weight)
-            else:
-                accepted.append((ckpt.tensors, weight))
-            del ckpt
-        if failed is None:
-            break
-        metas = [(p, m) for p, m in metas if p != failed]
-    if not records:
-        return {}, records
-    if cfg.privacy.mode == "client":  # bounded contributions plus noise (privacy.client_level)
-        return client_level.aggregate(cfg, gl.meta.kind, gl.tensors, [t for t, _ in accepted]), records
-    if rule in STREAMING_RULES:
-        return running.result(), records
-    return reduce_stacked([t for t, _ in accepted], [w for _, w in accepted], rule, trim_ratio=cfg.federation.trim_ratio), records
+            return ckpt.tensors
+
+        counts = [m.num_examples for _, m in metas]
+        try:
+            tensors = next_global_tensors(load, counts, gl.tensors, gl.meta.kind, cfg, rule=rule, rnd=gl.meta.round)
+        except Rejected as exc:
+            metas = metas[: exc.index] + metas[exc.index + 1 :]
+            continue
+        return tensors, records
+    return {}, []
+
+
+def _rejected(layout: Layout, rnd: int, accepted: set[int]) -> list[DroppedRecord]:
+    """The uploads a launcher refused before they entered ``clients/`` (``rejected/``, with their
+    one-line reasons), for clients that have no accepted upload."""
+    out = []
+    for client, path in sorted(layout.rejected(rnd).items()):
+        if client in accepted:
+            continue
+        try:
+            reason = storage.read_bytes(path, 4096, what="reason").decode("utf-8", "replace").strip()
+        except SupermaskError as exc:
+            reason = str(exc)
+        out.append(DroppedRecord(file=layout.rejected_path(rnd, client), reason=" ".join(reason.split())[:1000]))
+    return out
 
 
 def _require_min_clients(valid: int, rnd: int, cfg: Config, dropped: list[DroppedRecord], missing: list[int]) -> None:
@@ -168,7 +194,7 @@ def aggregate(
     layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
     rule = rule or cfg.federation.aggregator
-    if rule == "bayes" and gl.meta.kind != "bernoulli":
+    if rule == "bayes" and not kind_of(gl.meta.kind).probabilistic:
         raise SupermaskError(f"aggregator bayes needs bernoulli masks; this run's are {gl.meta.kind}")
     path = out or layout.global_path(rnd + 1)
     refuse_existing(path, force)
@@ -179,12 +205,23 @@ def aggregate(
     metas = _screen(paths, gl, cfg, expected, dropped, skip_invalid)
     missing = sorted(set(expected) - {m.client for _, m in metas if m.client is not None})
     _require_min_clients(len(metas), rnd, cfg, dropped, missing)
-    if rule == "filtered":
-        metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
-    reduced, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
+    if cfg.secure_aggregation.enabled:  # the masked path (steps.unmasking, reducer.next_global_masked)
+        outcome = unmasking.reduce_masked(cfg, gl, metas, rule, lambda p: _accept(p, dropped, skip_invalid, lambda: _load(p, gl, cfg)))
+        missing = sorted(set(expected) - set(outcome.survivors))
+        if outcome.waiting:
+            return AggregateResult(path=path, round=rnd, rule=rule, clients=[], dropped=dropped, num_examples=0,
+                                   density=float("nan"), upload_bytes=0, bits_per_weight=0.0,
+                                   seconds=time.perf_counter() - start, missing=missing, waiting=outcome.waiting)
+        tensors, records = outcome.tensors, outcome.records
+    else:
+        if rule == "filtered":
+            metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
+        tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
-    tensors = next_global(reduced, gl.tensors, gl.meta.kind, cfg.federation, rule=rule, num_clients=len(records), rnd=rnd)
+    dropped += _rejected(layout, rnd, accepted)
+    if cfg.privacy.mode == "client":  # un-noised uploads: publish who took part, nothing computed from them
+        records = [client_level.public_record(r) for r in records]
     meta = gl.meta.model_copy(
         update={
             "round": rnd + 1,

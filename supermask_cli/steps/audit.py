@@ -19,11 +19,11 @@ from .. import checkpoint, data, membership
 from ..checkpoint import Checkpoint, ClientPrivacy, RunPrivacy
 from ..config import Config
 from ..errors import CheckpointError, SupermaskError
-from ..evaluate import predict
-from ..mask.layer import bake
+from ..predict import predict
+from ..mask.kinds import kind_of
 from ..masked_model import bake_global, load_head
 from ..model import BaseModel
-from ..train import resolve_device
+from ..runtime import resolve_device
 from .checks import check_base_matches, check_client, check_config, derive_seed, load_base
 from .evaluation import EVAL_STREAM
 from .pool import client_examples, examples_digest, is_regression, load_examples, resolved, text_fields
@@ -191,9 +191,9 @@ def bake_file(base: BaseModel, ckpt: Checkpoint, eval_mode: str, seed: int):
     if ckpt.meta.role == "global":
         return bake_global(base, ckpt, eval_mode, seed=seed)
     load_head(base.model, ckpt.group("head"))
-    group = "scale" if ckpt.meta.kind == "scaling" else "mask"
+    spec = kind_of(ckpt.meta.kind)
     for name in base.targets:
-        bake(base.model.get_submodule(name), ckpt.meta.kind, ckpt.tensors[f"{group}/{name}"])
+        spec.bake(base.model.get_submodule(name), ckpt.tensors[f"{spec.payload}/{name}"])
     base.model.eval()
     return base.model
 

@@ -7,15 +7,23 @@ import time
 from typing import Any
 
 from .. import storage, transport
-from ..evaluate import evaluate_model
-from ..layout import Layout
-from ..masked_model import bake_global
 from ..config import Config
+from ..layout import Layout
+from ..mask.kinds import kind_of
+from ..masked_model import bake_global
+from ..predict import evaluate_model
 from ..privacy import ledger
-from ..train import resolve_device
-from .checks import check_base_matches, derive_seed, latest_round, load_base, load_global, refuse_existing
+from ..runlog import write_metrics_log
+from ..runtime import resolve_device
+from .checks import (
+    check_base_matches,
+    derive_seed,
+    latest_round,
+    load_base,
+    load_global,
+    refuse_existing,
+)
 from .pool import eval_examples, metric_names, resolved
-from .runlog import write_metrics_log
 
 EVAL_STREAM = -1  # derive_seed(seed, round, EVAL_STREAM): the sampled mask of `mask.eval: sample`
 
@@ -36,9 +44,8 @@ def evaluate(
     gl = load_global(checkpoint_path)
     rnd = gl.meta.round
     cfg = resolved(cfg, gl.meta.labels, gl.meta.pool)
-    path = out or (layout.metrics_path(rnd) if checkpoint_path == layout.global_path(rnd) else None)
-    if path is None:
-        path = checkpoint_path.rsplit("/", 1)[0] + "/metrics.json" if "/" in checkpoint_path else "metrics.json"
+    in_run = checkpoint_path == layout.global_path(rnd)
+    path = out or (layout.metrics_path(rnd) if in_run else Layout.metrics_beside(checkpoint_path))
     refuse_existing(path, force)
     examples = eval_examples(cfg, gl.meta.labels)
     base = load_base(cfg, gl.meta.labels)
@@ -60,7 +67,7 @@ def evaluate(
         **scores,
         "density": gl.density(),
         "kind": gl.meta.kind,
-        "eval_mode": cfg.mask.eval if gl.meta.kind == "bernoulli" else "mask",
+        "eval_mode": cfg.mask.eval if kind_of(gl.meta.kind).probabilistic else "mask",
         "train_examples": gl.meta.num_examples,
         "clients": len(agg.clients) if agg else 0,
         "dropped": len(agg.dropped) if agg else 0,

@@ -11,6 +11,7 @@ from ..checkpoint import BaseModelMeta, FileMeta, PoolMeta, TargetMeta
 from ..config import Config, config_digest, dump_config
 from ..errors import SupermaskError
 from ..layout import Layout
+from ..mask.kinds import kind_of
 from ..mask.layer import out_features
 from ..model import BaseModel
 from .checks import load_base
@@ -43,14 +44,11 @@ def _write_config(layout: Layout, cfg: Config, force: bool) -> None:
 
 def initial_tensors(cfg: Config, base: BaseModel) -> dict[str, torch.Tensor]:
     """Round 0's global tensors: the base model's head and masks that keep every weight."""
+    spec = kind_of(cfg.mask.kind)
     tensors: dict[str, torch.Tensor] = {f"head/{k}": v for k, v in base.head_state().items()}
     for name, shape in base.target_shapes().items():
-        if cfg.mask.kind == "bernoulli":
-            tensors[f"probs/{name}"] = torch.full(shape, cfg.mask.init_density, dtype=torch.float32)
-        elif cfg.mask.kind == "threshold":
-            tensors[f"mask/{name}"] = torch.ones(shape, dtype=torch.bool)
-        else:
-            tensors[f"scale/{name}"] = torch.ones(out_features(base.model.get_submodule(name)))
+        module = base.model.get_submodule(name)
+        tensors[f"{spec.global_group}/{name}"] = spec.initial(shape, module, cfg.mask.init_density)
     return tensors
 
 
@@ -73,7 +71,7 @@ def global_meta(cfg: Config, base: BaseModel, pool: PoolMeta | None) -> FileMeta
         labels=cfg.data.label_names if not is_regression(cfg) else None,
         config_digest=config_digest(cfg),
         parent_digest=None,
-        encoding="float" if cfg.mask.kind != "threshold" else "packed",
+        encoding=kind_of(cfg.mask.kind).global_encoding,
         mask_bits=0,
         pool=pool,
         created_by=f"supermask {__version__}",

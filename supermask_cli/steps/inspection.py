@@ -11,22 +11,23 @@ from typing import Any
 from .. import checkpoint, coding, storage
 from ..config import Config, config_from_dict
 from ..errors import SupermaskError
+from ..mask.kinds import kind_of
 from ..masked_model import bake_global
 from .checks import check_base_matches, derive_seed, load_base, load_global
 from .evaluation import EVAL_STREAM
-
 
 
 def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
     """Metadata, densities and bits per weight of any checkpoint (coded files need ``global_path``)."""
     meta = checkpoint.read_meta(path)
     reference = load_global(global_path) if global_path else None
-    if meta.encoding in checkpoint.CODED_ENCODINGS and reference is None:
+    masked = meta.secure_aggregation is not None  # uniform words: no density, no mask to show
+    if (meta.encoding in checkpoint.CODED_ENCODINGS and reference is None) or masked:
         ckpt = None
     else:
         ckpt = checkpoint.load_checkpoint(path, reference=reference)
     modules = []
-    ideal_total = 0.0 if reference is not None and meta.kind != "scaling" and meta.role == "client" else None
+    ideal_total = 0.0 if reference is not None and kind_of(meta.kind).binary and meta.role == "client" else None
     for name, target in meta.targets.items():
         numel = math.prod(target.shape)
         row: dict[str, Any] = {"module": name, "shape": target.shape, "weights": numel}
@@ -61,6 +62,7 @@ def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
         "digest": ckpt.digest if ckpt is not None else None,
         "aggregation": meta.aggregation.model_dump() if meta.aggregation else None,
         "privacy": meta.privacy.model_dump() if meta.privacy else None,
+        "secure_aggregation": masked,
         "modules": modules,
     }
     return info

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,57 @@ def test_run_simulates_each_clients_policy(tiny_config, tmp_path):
     for client, count in enumerate([1, 2, 2]):
         (name,) = [n for n in _ledger_files(tmp_path / f"ledger-{client}") if n.endswith(".json")]
         assert len(json.loads((tmp_path / f"ledger-{client}" / name).read_text())["releases"]) == count
+
+
+def test_slurm_jobs_train_each_client_with_its_own_policy(tiny_config, tmp_path):
+    policies = tmp_path / "policies dir"  # a space: the path must survive the job script's quoting
+    policies.mkdir()
+    config = tiny_config("threshold", federation={"num_clients": 2, "rounds": 1})
+    missing = CliRunner().invoke(app, ["slurm", "--config", str(config), "--dry-run", "--privacy-policies", str(policies)])
+    assert missing.exit_code == 2 and "no policy for client(s) [0, 1]" in " ".join(missing.output.split())
+    for c in range(2):
+        (policies / f"client-{c}.yaml").write_text("privacy: {mode: example, max_epsilon: 3}\nledger: l\n")
+    result = CliRunner().invoke(app, ["slurm", "--config", str(config), "--dry-run", "--privacy-policies", str(policies)])
+    assert result.exit_code == 0, result.output
+    script = next((tmp_path / "run_threshold" / "slurm").glob("clients_000*.sh")).read_text()
+    command = script.strip().splitlines()[-1]
+    words = shlex.split(command)
+    assert words[words.index("--privacy-policy") + 1] == f"{policies.resolve()}/client-$SLURM_ARRAY_TASK_ID.yaml"
+    # what bash passes in array task 1: the command's words, printed one per line instead of run
+    echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + command.split(" ", 1)[1]],
+                            env={"SLURM_ARRAY_TASK_ID": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    args = echoed.stdout.splitlines()
+    assert args[args.index("--client") + 1] == "1"
+    assert args[args.index("--privacy-policy") + 1] == f"{policies.resolve()}/client-1.yaml"
+
+
+# ------------------------------------------------------------------ what the run publishes
+
+
+def test_client_mode_publishes_no_value_of_an_un_noised_upload(tiny_config):
+    path = tiny_config("threshold", federation={"num_clients": 3, "rounds": 1},
+                       privacy={"mode": "client", "noise_multiplier": 1.0, "max_flips": 16})
+    cfg = load_config(path)
+    steps.run(cfg)
+    layout = Layout(cfg.run_dir)
+    uploads = [Path(layout.client_path(0, c)).read_bytes() for c in range(3)]
+    agg = read_meta(layout.global_path(1)).aggregation
+    assert [c.model_dump(exclude_none=True) for c in agg.clients] == [{"client": c, "num_examples": 32} for c in range(3)]
+    published = [Path(layout.global_path(1)).read_bytes(), Path(layout.metrics_log).read_bytes(),
+                 *(Path(layout.metrics_path(r)).read_bytes() for r in range(2))]
+    for upload in uploads:  # neither an upload's digest nor its size appears in what others read
+        assert not any(hashlib.sha256(upload).hexdigest().encode() in p for p in published)
+    for row in (json.loads(line) for line in Path(layout.metrics_log).read_text().splitlines()):
+        assert "upload_bytes" not in row and "bits_per_weight" not in row and "epsilon" in row
+
+
+def test_example_mode_still_publishes_the_uploads_records(tiny_config):
+    # DP-SGD's uploads are noised: their digests and sizes are post-processing, covered by ε
+    path = tiny_config("threshold", federation={"num_clients": 2, "rounds": 1}, privacy=EXAMPLE)
+    cfg = load_config(path)
+    steps.run(cfg)
+    layout = Layout(cfg.run_dir)
+    agg = read_meta(layout.global_path(1)).aggregation
+    assert [c.digest for c in agg.clients] == [
+        hashlib.sha256(Path(layout.client_path(0, c)).read_bytes()).hexdigest() for c in range(2)]
+    assert all(c.bytes and c.mask_bits for c in agg.clients)

@@ -95,3 +95,4 @@ def test_noise_below_the_smallest_sigma_or_no_noise_is_refused(tmp_path):
         check_release(policy, [], (0.5, 0.1, 100), 2, "L")
     with pytest.raises(PolicyRefusal, match="no noise"):
         check_release(policy, [], (0.0, 0.1, 100), 0, "L")
+
