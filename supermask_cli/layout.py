@@ -10,6 +10,7 @@ from . import storage
 
 _ROUND = re.compile(r"^round_(\d{3,})$")
 CLIENT_FILE = re.compile(r"^client_(\d{3,})\.safetensors$")
+REJECTED_REASON = re.compile(r"^client_(\d{3,})\.reason\.txt$")
 SECAGG_FILE = re.compile(r"^client_(\d{3,})\.json$")
 
 
@@ -46,6 +47,14 @@ class Layout:
 
     def rejected_reason_path(self, rnd: int, client: int) -> str:
         return storage.join(self.rejected_dir(rnd), f"client_{client:03d}.reason.txt")
+
+    def rejected(self, rnd: int) -> dict[int, str]:
+        """Client id -> reason file of the uploads refused in round ``rnd`` (``rejected/``)."""
+        folder = self.rejected_dir(rnd)
+        if not storage.exists(folder):
+            return {}
+        return {int(m.group(1)): storage.join(folder, name) for name in storage.listdir(folder)
+                if (m := REJECTED_REASON.match(name))}
 
     def participants_path(self, rnd: int) -> str:
         return storage.join(self.round_dir(rnd), "participants.json")

@@ -8,7 +8,9 @@ a compact download (``transport``). It chooses the path from the rule and the pr
   clients in memory;
 - linear rules (``rules.STREAMING_RULES``): :class:`rules.RunningMean`, one client at a time, so
   memory stays O(model) however many clients a round has;
-- the others (``median``, ``trimmed_mean``): every client stacked in memory.
+- the others (``median``, ``trimmed_mean``): every client stacked in memory;
+- secure aggregation (:func:`next_global_masked`): the survivors' masked uploads summed mod 2^k
+  one at a time, unmasked, decoded into the weighted means.
 
 The weights come from the clients' example counts (``federation.weighting``, capped shares under
 ``capped``); then the ``bayes`` posterior, the server optimizer and the finalizers
@@ -21,12 +23,15 @@ without that client (the weights depend on who is accepted).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from .config import Config
 from .privacy import client_level
+from .secagg import masking, packing
+from .secagg import upload as secagg_upload
 from .rules import (
     STREAMING_RULES,
     RunningMean,
@@ -68,3 +73,24 @@ def next_global_tensors(load: Callable[[int], Tensors], counts: list[int], previ
     its global's tensors ``previous`` -> round ``rnd + 1``'s global tensors, server state included."""
     reduced = reduce_clients(load, counts, previous, kind, cfg, rule=rule)
     return next_global(reduced, previous, kind, cfg.federation, rule=rule, num_clients=len(counts), rnd=rnd)
+
+
+def next_global_masked(load: Callable[[int], dict[str, torch.Tensor]], count: int, previous: Tensors, kind: str, cfg: Config,
+                       *, bits: dict[str, int], total_weight: int, shapes: dict[str, tuple[int, ...]],
+                       unmask: Callable[[dict], dict], rule: str, rnd: int) -> Tensors:
+    """Secure aggregation's path (``secure_aggregation.enabled``): the ``count`` survivors' masked
+    uploads (``load(i)``: ``masked/<key>`` k-bit streams) added mod 2^k, ``unmask``-ed with the
+    round's recovered seeds into the plain integer sums, decoded into the weighted means (÷ the
+    survivors' ``total_weight``; masks bit-identical to :class:`rules.RunningMean`), then the same
+    ``bayes`` posterior, server optimizer and finalizers as every other path."""
+    total: dict = {}
+    for i in range(count):
+        words = {key: packing.unpack(stream.numpy(), math.prod(shapes[key]), bits[key], what=f"masked/{key}")
+                 for key, stream in ((k.removeprefix("masked/"), v) for k, v in load(i).items())}
+        total = words if not total else masking.add_inputs({0: total, 1: words}, bits)
+    plain = unmask(total)
+    if cfg.privacy.mode == "client":  # the clients bounded themselves; the noise goes on the unmasked sums
+        reduced = client_level.aggregate_sums(cfg, kind, previous, count, secagg_upload.decode_sums(plain, bits, shapes))
+    else:
+        reduced = secagg_upload.decode_means(plain, bits, total_weight, shapes)
+    return next_global(reduced, previous, kind, cfg.federation, rule=rule, num_clients=count, rnd=rnd)

@@ -25,6 +25,7 @@ class AggregateResult:
     bits_per_weight: float | None
     seconds: float
     missing: list[int] | None = None
+    waiting: str | None = None  # secure aggregation: what the round still waits for (no global written yet)
 
 
 def aggregate_result(path: str, meta: FileMeta, density: float, seconds: float) -> AggregateResult:

@@ -16,6 +16,9 @@ key                 stored as                              present in
 ``opt_v/<key>``                                            momentum (m), adam and yogi (m, v)
 ``beta_a/<key>``    float32, the shape of ``probs/<module>``  bernoulli globals of ``aggregator: bayes``
 ``beta_b/<key>``                                           (the Beta posterior's α, β)
+``masked/<key>``    uint8, k-bit words packed end to end    masked client uploads (secure aggregation;
+                    (``secagg.packing``)                    ``<key>`` a plaintext upload key, k per key
+                                                           in ``secure_aggregation.bits``)
 ==================  =====================================  ==========================================
 
 ``<key>`` is a global tensor's own key: ``opt_m/probs/<module>``, ``opt_m/head/<param>``,
@@ -45,8 +48,10 @@ from .meta import (  # noqa: F401  (the schema and constants are part of this mo
     BAYES_GROUPS, CODED_ENCODINGS, FLIP_RATE_RANGE, FORMAT_NAME, FORMAT_VERSION, GROUPS,
     MAX_ENTRIES, MAX_FILE_BYTES, MAX_HEADER_BYTES, META_KEY, OPT_GROUPS, STATE_GROUPS,
     AggregationMeta, BaseModelMeta, Checkpoint, ClientPrivacy, ClientRecord, DroppedRecord,
-    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, TargetMeta,
+    FileMeta, PoolMeta, PrivacyRelease, RunPrivacy, SecureUpload, TargetMeta,
 )
+from ..secagg.packing import packed_bytes
+from ..secagg.prg import MAX_BITS as MAX_MASKED_BITS
 
 
 def global_key(client_key: str, kind: str) -> str:
@@ -84,8 +89,21 @@ def state_groups(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [group for group in STATE_GROUPS if group in present]
 
 
+def plaintext_shapes(meta: FileMeta) -> dict[str, tuple[int, ...]]:
+    """The decoded upload tensors of a client of this run: key -> shape (what a masked upload masks)."""
+    spec = kind_of(meta.kind)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, target in meta.targets.items():
+        out[f"{spec.payload}/{name}"] = tuple(target.shape) if spec.binary else (target.out_features,)
+    for name, shape in meta.head.items():
+        out[f"head/{name}"] = tuple(shape)
+    return out
+
+
 def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
     spec = kind_of(meta.kind)
+    if meta.encoding == "masked":
+        return ("masked",)
     if meta.role == "global":
         return (spec.global_group, "head")
     if not spec.binary:
@@ -95,7 +113,7 @@ def _expected_groups(meta: FileMeta) -> tuple[str, ...]:
 
 def _expected_encoding(meta: FileMeta) -> set[str]:
     spec = kind_of(meta.kind)
-    return {spec.global_encoding} if meta.role == "global" else set(spec.upload_encodings)
+    return {spec.global_encoding} if meta.role == "global" else set(spec.upload_encodings) | {"masked"}
 
 
 def encode_tensors(
@@ -105,7 +123,9 @@ def encode_tensors(
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         group, _, name = key.partition("/")
-        if group != "mask":
+        if group == "masked":
+            out[key] = value.contiguous().cpu()
+        elif group != "mask":
             out[key] = value.detach().float().contiguous().cpu()
         elif meta.encoding == "packed":
             out[key] = coding.pack_bits(value)
@@ -129,6 +149,7 @@ def payload_bits(stored: dict[str, torch.Tensor]) -> int:
         t.numel() * t.element_size() * 8
         for k, t in stored.items()
         if k.split("/", 1)[0] in ("probs", "mask", "code", "scale")
+        or (k.startswith("masked/") and k.split("/", 2)[1] != "head")
     )
 
 
@@ -210,12 +231,26 @@ def parse_meta(header: dict, path: str) -> FileMeta:
         raise _fail(path, "metadata 'server_state' lists a group twice")
     if not kind_of(meta.kind).probabilistic and set(meta.server_state) & set(BAYES_GROUPS):
         raise _fail(path, "metadata 'server_state' holds a Beta posterior, which only bernoulli globals have")
+    if (meta.encoding == "masked") != (meta.secure_aggregation is not None):
+        raise _fail(path, "metadata 'secure_aggregation' must be set for masked uploads and only for them")
+    if meta.secure_aggregation is not None:
+        record = meta.secure_aggregation
+        if set(record.bits) != set(plaintext_shapes(meta)):
+            raise _fail(path, "metadata 'secure_aggregation.bits' must name every upload tensor of this run")
+        if not all(1 <= k <= MAX_MASKED_BITS for k in record.bits.values()):
+            raise _fail(path, f"metadata 'secure_aggregation.bits' outside 1..{MAX_MASKED_BITS}")
+        if record.weight > record.total_weight or len(set(record.peers)) != len(record.peers) or meta.client in record.peers:
+            raise _fail(path, "metadata 'secure_aggregation': weight above the total, or peers repeated or including the client")
     return meta
 
 
 def _expected_spec(meta: FileMeta) -> dict[str, tuple[torch.dtype, tuple[int, ...] | None]]:
     """Every key the file must hold with its dtype and shape (None: 1-D of any length)."""
     spec: dict[str, tuple[torch.dtype, tuple[int, ...] | None]] = {}
+    if meta.secure_aggregation is not None:
+        for key, shape in plaintext_shapes(meta).items():
+            spec[f"masked/{key}"] = (torch.uint8, (packed_bytes(math.prod(shape), meta.secure_aggregation.bits[key]),))
+        return spec
     groups = _expected_groups(meta)
     for name, target in meta.targets.items():
         numel = math.prod(target.shape)
@@ -272,7 +307,9 @@ def decode_stored(
     out: dict[str, torch.Tensor] = {}
     for key, value in stored.items():
         group, _, name = key.partition("/")
-        if group in ("probs", "scale", "head") or group in STATE_GROUPS:
+        if group == "masked":  # uniform words: nothing to check but the length (done); unpacked by the server
+            out[key] = value
+        elif group in ("probs", "scale", "head") or group in STATE_GROUPS:
             if not torch.isfinite(value).all():
                 raise _fail(path, f"tensor {key!r} holds NaN or Inf")
             if group == "probs" and ((value < 0) | (value > 1)).any():
@@ -333,10 +370,16 @@ HEADER_SLACK_BYTES = 64 * 1024
 HEADER_BYTES_PER_ENTRY = 512
 
 
-def max_client_bytes(global_meta: FileMeta) -> int:
+def max_client_bytes(global_meta: FileMeta, *, masked: bool = False) -> int:
     """The largest client file a global's metadata allows: mask payload at its worst encoding
     (or the scaling vectors), the head in float32, and a header of the global's names plus slack.
-    Client files larger than this are refused before any byte of them is parsed."""
+    Client files larger than this are refused before any byte of them is parsed. ``masked``
+    (secure aggregation): every upload value may take up to 64 bits."""
+    if masked:
+        values = sum(math.prod(shape) for shape in plaintext_shapes(global_meta).values())
+        names = len(global_meta.model_dump_json())
+        entries = len(global_meta.targets) + len(global_meta.head)
+        return 8 * values + HEADER_SLACK_BYTES + 8 * names + 2 * HEADER_BYTES_PER_ENTRY * entries
     payload = 0
     for target in global_meta.targets.values():
         if not kind_of(global_meta.kind).binary:

@@ -20,7 +20,7 @@ MAX_ENTRIES = 20_000
 # probability 1 - flip_rate, where the client's measured flip rate is clamped into this range.
 FLIP_RATE_RANGE = (1e-6, 0.5)
 
-GROUPS = ("probs", "mask", "code", "scale", "head")
+GROUPS = ("probs", "mask", "code", "scale", "head", "masked")
 OPT_GROUPS = ("opt_m", "opt_v")
 BAYES_GROUPS = ("beta_a", "beta_b")
 STATE_GROUPS = OPT_GROUPS + BAYES_GROUPS
@@ -117,6 +117,17 @@ class RunPrivacy(_Strict):
     accountant_version: str
 
 
+class SecureUpload(_Strict):
+    """A masked upload's record (secure aggregation, README): the integer weight its values are
+    multiplied by, the round's total weight that sets k, k per upload tensor, and the peers whose
+    pairwise masks it carries."""
+
+    weight: int = Field(ge=1)
+    total_weight: int = Field(ge=1)
+    bits: dict[str, int]
+    peers: list[int]
+
+
 class FileMeta(_Strict):
     """Everything needed to check a file against its run, round, global and base model."""
 
@@ -133,7 +144,7 @@ class FileMeta(_Strict):
     labels: list[str] | None
     config_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     parent_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    encoding: Literal["packed", "coded", "sparse", "none", "float"]
+    encoding: Literal["packed", "coded", "sparse", "none", "float", "masked"]
     coding_flip_rate: float | None = None
     mask_bits: int = Field(ge=0)
     aggregation: AggregationMeta | None = None
@@ -141,6 +152,7 @@ class FileMeta(_Strict):
     privacy: ClientPrivacy | RunPrivacy | None = None
     server_state: list[Literal["opt_m", "opt_v", "beta_a", "beta_b"]] = Field(default_factory=list)
     created_by: str
+    secure_aggregation: SecureUpload | None = None  # masked uploads only
 
     @property
     def num_weights(self) -> int:

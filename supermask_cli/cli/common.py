@@ -71,3 +71,8 @@ def table(title: str, rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         table.add_row(*(fmt(v) for v in row.values()))
     return table
+
+SecretsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--secrets", help="Secure aggregation: this client's private directory, outside run_dir (default: ~/.supermask/secagg/<run id>/client-<i>)."),
+]

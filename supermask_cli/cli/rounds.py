@@ -14,6 +14,7 @@ from .common import (
     ConfigOpt,
     ForceOpt,
     RoundOpt,
+    SecretsOpt,
     SetOpt,
     app,
     err_console,
@@ -59,8 +60,9 @@ def train_client(
     privacy_policy: Annotated[Optional[Path], typer.Option(
         "--privacy-policy", help="This client's privacy policy (YAML): the weakest privacy it accepts and its ledger."
     )] = None,
+    secrets: SecretsOpt = None,
 ) -> None:
-    """Train one client's mask and head on its own data and write its upload file.
+    """Train one client's mask and head on its own data and write its upload file (masked, with secure aggregation).
 
     Example: `supermask train-client --config configs/glue_sst2.yaml --client 3`
     """
@@ -69,7 +71,7 @@ def train_client(
 
     policy = load_policy(privacy_policy) if privacy_policy is not None else None
     r = steps.train_client(read_config(config, set_), client, rnd=rnd, global_path=global_path, out=out_path, force=force,
-                           policy=policy)
+                           policy=policy, secrets=secrets)
     if r.replayed:
         out.print(f"round {r.round} was already released by this client: wrote the same upload again to {r.path} "
                   "(from its ledger; nothing new released)")
@@ -120,6 +122,9 @@ def aggregate(
         read_config(config, set_), rnd=rnd, global_path=global_path, client_paths=clients, out=out_path,
         force=force, skip_invalid=skip_invalid, rule=aggregator, wait=wait,
     )
+    if r.waiting:  # secure aggregation: not an error; run it again once the clients have answered
+        out.print(f"waiting: {r.waiting}", highlight=False)
+        return
     out.print(table(f"aggregate round {r.round} -> {r.round + 1} ({r.rule})", [{
         "clients": len(r.clients), "dropped": len(r.dropped), "examples": r.num_examples, "density": r.density,
         "upload bytes": r.upload_bytes, "bits/weight": r.bits_per_weight, "seconds": r.seconds,

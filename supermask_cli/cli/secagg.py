@@ -7,15 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, RoundOpt, SetOpt, out, read_config, user_errors
+from .common import ConfigOpt, RoundOpt, SecretsOpt, SetOpt, out, read_config, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Secure aggregation: a client's key, share and unmask steps of a round.")
 
 ClientOpt = Annotated[int, typer.Option("--client", "-i", help="Client id, 0..num_clients-1.")]
-SecretsOpt = Annotated[
-    Optional[Path],
-    typer.Option("--secrets", help="This client's private directory, outside run_dir (default: ~/.supermask/secagg/<run id>/client-<i>)."),
-]
 
 
 @app.command()

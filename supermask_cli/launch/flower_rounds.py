@@ -122,6 +122,9 @@ def run(link: Link, cfg: Config, settings: Settings, journal: Journal | None = N
 def serve(link: Link, cfg: Config, settings: Settings, journal: Journal) -> None:
     """Every round: evaluate, train the sampled clients on their nodes, aggregate (resumes like ``run``)."""
     layout = Layout(cfg.run_dir)
+    if cfg.secure_aggregation.enabled:
+        raise SupermaskError("secure_aggregation: the Flower app does not carry its steps yet (issue 21); "
+                             "use `supermask run` or the `supermask secagg` steps through a shared run_dir")
     if not storage.exists(layout.global_path(0)):
         steps.init(cfg)
     fed = cfg.federation

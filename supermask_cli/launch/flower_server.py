@@ -5,7 +5,8 @@ run config, and :class:`FlowerLink`, which turns the grid's messages into the pl
 :class:`~.flower_wire.Reply` values every check works on. Run config (``flwr run --run-config``):
 ``config`` (YAML path), ``set`` (``key=value`` overrides separated by ``;``), ``workdir`` (where
 relative paths resolve; "" = where the ServerApp starts), ``round-timeout`` and
-``connect-timeout`` (seconds).
+``connect-timeout`` (seconds), ``clients-file`` (the operator's node id -> client id file,
+:mod:`.flower_identity`; "" = self-declared ids, with a warning).
 """
 
 from __future__ import annotations

@@ -233,6 +233,9 @@ def options(cfg: Config, config: Path, overrides: list[str], *, rounds: int | No
             privacy_policies: Path | None = None) -> Options:
     if array_parallelism is not None and array_parallelism < 1:
         raise SupermaskError(f"--array-parallelism {array_parallelism}: must be at least 1")
+    if cfg.secure_aggregation.enabled:
+        raise SupermaskError("secure_aggregation: `supermask slurm` does not submit its steps yet (issue 21); "
+                             "use `supermask run` or the `supermask secagg` steps")
     for o in overrides:
         refuse_control("--set", o)
     if directory is not None:

@@ -101,37 +101,74 @@ def noisy_mean(
     keys = sorted(clients[0])
     mask_keys = [k for k in keys if k.startswith("mask/")]
     float_keys = [k for k in keys if not k.startswith("mask/")]
-    parts = int(bool(mask_keys)) + int(bool(float_keys))
-    z = noise_multiplier * math.sqrt(parts)
-    out: dict[str, torch.Tensor] = {}
+    mask_sums: dict[str, torch.Tensor] = {}
+    float_sums: dict[str, torch.Tensor] = {}
     if mask_keys:
         refs = {k: reference(kind, global_tensors, k) for k in mask_keys}
-        sums = {k: torch.zeros(refs[k].shape, dtype=torch.int64) for k in mask_keys}
+        mask_sums = {k: torch.zeros(refs[k].shape, dtype=torch.int64) for k in mask_keys}
         for c in clients:
             bounded = bound_flips({k: c[k] for k in mask_keys}, refs, max_flips)
             for k in mask_keys:
-                sums[k] += bounded[k].long() - refs[k].long()
+                mask_sums[k] += bounded[k].long() - refs[k].long()
+    if float_keys:
+        prev = {k: global_tensors[global_key(k, kind)].double() for k in float_keys}
+        float_sums = {k: torch.zeros_like(prev[k]) for k in float_keys}
+        for c in clients:
+            update = clip_l2({k: c[k].double() - prev[k] for k in float_keys}, client_clip)
+            for k in float_keys:
+                float_sums[k] += update[k]
+    return noisy_from_sums(kind, global_tensors, mask_sums, float_sums, noise_multiplier=noise_multiplier,
+                           max_flips=max_flips, client_clip=client_clip, planned_clients=planned_clients, generator=generator)
+
+
+def noisy_from_sums(
+    kind: str, global_tensors: dict[str, torch.Tensor], mask_sums: dict[str, torch.Tensor], float_sums: dict[str, torch.Tensor],
+    *, noise_multiplier: float, max_flips: int, client_clip: float, planned_clients: int, generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """The noisy mean from the sums of bounded contributions: ``mask_sums`` Σ (m − ref) (int64),
+    ``float_sums`` Σ clipped update (float64). Secure aggregation hands the server only these sums
+    (its clients bound themselves), so the noise is added here, after unmasking."""
+    parts = int(bool(mask_sums)) + int(bool(float_sums))
+    z = noise_multiplier * math.sqrt(parts)
+    out: dict[str, torch.Tensor] = {}
+    if mask_sums:
         sigma = z * math.sqrt(max_flips)
         if 0 < sigma < MIN_DISCRETE_SIGMA:
             raise SupermaskError(
                 f"privacy: discrete noise std {sigma:.2f} is below {MIN_DISCRETE_SIGMA}; "
                 "raise privacy.max_flips or the noise"
             )
-        for k in mask_keys:
-            noise = discrete_gaussian(tuple(sums[k].shape), sigma, generator) if sigma > 0 else 0
-            out[k] = refs[k].double() + (sums[k] + noise).double() / planned_clients
-    if float_keys:
-        prev = {k: global_tensors[global_key(k, kind)].double() for k in float_keys}
-        sums = {k: torch.zeros_like(prev[k]) for k in float_keys}
-        for c in clients:
-            update = clip_l2({k: c[k].double() - prev[k] for k in float_keys}, client_clip)
-            for k in float_keys:
-                sums[k] += update[k]
+        for k in sorted(mask_sums):
+            noise = discrete_gaussian(tuple(mask_sums[k].shape), sigma, generator) if sigma > 0 else 0
+            out[k] = reference(kind, global_tensors, k).double() + (mask_sums[k] + noise).double() / planned_clients
+    if float_sums:
         std = z * client_clip
-        for k in float_keys:
-            noise = torch.randn(sums[k].shape, generator=generator, dtype=torch.float64) * std
-            out[k] = prev[k] + (sums[k] + noise) / planned_clients
+        for k in sorted(float_sums):
+            prev = global_tensors[global_key(k, kind)].double()
+            noise = torch.randn(float_sums[k].shape, generator=generator, dtype=torch.float64) * std
+            out[k] = prev + (float_sums[k] + noise) / planned_clients
     return {k: v.float() for k, v in out.items()}
+
+
+def clip_upload(kind: str, upload: dict[str, torch.Tensor], global_tensors: dict[str, torch.Tensor], bound: float) -> dict[str, torch.Tensor]:
+    """A client's own L2 clipping of its float update (head, scaling vectors) before a masked
+    upload: the server, seeing only sums, cannot clip it. Returns global + clipped update."""
+    float_keys = [k for k in upload if not k.startswith("mask/")]
+    prev = {k: global_tensors[global_key(k, kind)].double() for k in float_keys}
+    update = clip_l2({k: upload[k].double() - prev[k] for k in float_keys}, bound)
+    return {**upload, **{k: (prev[k] + update[k]).float() for k in float_keys}}
+
+
+def aggregate_sums(cfg: Config, kind: str, global_tensors: dict[str, torch.Tensor], count: int,
+                   sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``noisy_from_sums`` for secure aggregation: ``sums`` are the ``count`` survivors' plain sums
+    Σ m (masks) and Σ (global + clipped update) (floats), as unmasked."""
+    fed, p = cfg.federation, cfg.privacy
+    planned = min(fed.clients_per_round or fed.num_clients, fed.num_clients)
+    mask_sums = {k: v.round().long() - count * reference(kind, global_tensors, k).long() for k, v in sums.items() if k.startswith("mask/")}
+    float_sums = {k: v.double() - count * global_tensors[global_key(k, kind)].double() for k, v in sums.items() if not k.startswith("mask/")}
+    return noisy_from_sums(kind, global_tensors, mask_sums, float_sums, noise_multiplier=ledger.client_noise(cfg),
+                           max_flips=p.max_flips, client_clip=p.client_clip, planned_clients=planned, generator=secret_generator())
 
 
 def bound_upload(

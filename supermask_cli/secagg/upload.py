@@ -61,6 +61,25 @@ def encode(tensors: dict[str, torch.Tensor], weight: int, bits: dict[str, int], 
     return out
 
 
+def rounding_margin(num_values: int, fp: FixedPoint = FIXED) -> float:
+    """The most fixed-point rounding moves ``num_values`` floats in L2: √n · resolution / 2 (a
+    client that clips its update for client-level DP clips to its bound minus this)."""
+    return math.sqrt(num_values) * fp.resolution / 2
+
+
+def decode_sums(sums: dict[str, np.ndarray], bits: dict[str, int], shapes: dict[str, tuple[int, ...]],
+                fp: FixedPoint = FIXED) -> dict[str, torch.Tensor]:
+    """The plain sums (float64; masks exact integers) in the tensors' shapes."""
+    out = {}
+    for key, words in sums.items():
+        if key.partition("/")[0] in INTEGER_GROUPS:
+            total = encoding.decode_unsigned(words).astype(np.float64)
+        else:
+            total = encoding.decode_fixed_sum(words, bits[key], 1, fp)  # the "mean" over a total weight of 1
+        out[key] = torch.from_numpy(total).reshape(shapes[key])
+    return out
+
+
 def decode_means(sums: dict[str, np.ndarray], bits: dict[str, int], total_weight: int, shapes: dict[str, tuple[int, ...]],
                  fp: FixedPoint = FIXED) -> dict[str, torch.Tensor]:
     """The weighted means (float32, in the tensors' shapes) from the survivors' unmasked sums and

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import torch
 
-from .. import __version__, checkpoint
+from .. import __version__, checkpoint, storage
 from ..checkpoint import (
     AggregationMeta,
     Checkpoint,
@@ -25,6 +25,7 @@ from ..reducer import Rejected, next_global_tensors
 from ..rules import outliers, surprise
 from ..runlog import AggregateResult, aggregate_result, write_metrics_log
 from .checks import check_client, open_round, refuse_existing
+from . import unmasking
 from .participants import sampled, write_participants
 
 WAIT_POLL_SECONDS = 2.0
@@ -64,14 +65,18 @@ def _accept(path: str, dropped: list[DroppedRecord], skip_invalid: bool, check: 
         return None
 
 
+def _max_bytes(gl: Checkpoint, cfg: Config) -> int:
+    return checkpoint.max_client_bytes(gl.meta, masked=cfg.secure_aggregation.enabled)
+
+
 def _load(path: str, gl: Checkpoint, cfg: Config) -> Checkpoint:
-    ckpt = checkpoint.load_checkpoint(path, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
+    ckpt = checkpoint.load_checkpoint(path, reference=gl, max_bytes=_max_bytes(gl, cfg))
     check_client(ckpt.meta, path, gl, cfg)
     return ckpt
 
 
 def _screen_one(path: str, gl: Checkpoint, cfg: Config, expected: list[int], seen: dict[int, str]) -> FileMeta:
-    meta = checkpoint.read_meta(path, max_bytes=checkpoint.max_client_bytes(gl.meta))
+    meta = checkpoint.read_meta(path, max_bytes=_max_bytes(gl, cfg))
     check_client(meta, path, gl, cfg)
     if meta.client in seen:
         raise CheckpointError(f"{path}: client {meta.client} already uploaded {seen[meta.client]}")
@@ -141,6 +146,21 @@ def _reduce(metas: list[tuple[str, FileMeta]], gl: Checkpoint, cfg: Config, rule
     return {}, []
 
 
+def _rejected(layout: Layout, rnd: int, accepted: set[int]) -> list[DroppedRecord]:
+    """The uploads a launcher refused before they entered ``clients/`` (``rejected/``, with their
+    one-line reasons), for clients that have no accepted upload."""
+    out = []
+    for client, path in sorted(layout.rejected(rnd).items()):
+        if client in accepted:
+            continue
+        try:
+            reason = storage.read_bytes(path, 4096, what="reason").decode("utf-8", "replace").strip()
+        except SupermaskError as exc:
+            reason = str(exc)
+        out.append(DroppedRecord(file=layout.rejected_path(rnd, client), reason=" ".join(reason.split())[:1000]))
+    return out
+
+
 def _require_min_clients(valid: int, rnd: int, cfg: Config, dropped: list[DroppedRecord], missing: list[int]) -> None:
     if valid >= cfg.federation.min_clients:
         return
@@ -185,11 +205,21 @@ def aggregate(
     metas = _screen(paths, gl, cfg, expected, dropped, skip_invalid)
     missing = sorted(set(expected) - {m.client for _, m in metas if m.client is not None})
     _require_min_clients(len(metas), rnd, cfg, dropped, missing)
-    if rule == "filtered":
-        metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
-    tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
+    if cfg.secure_aggregation.enabled:  # the masked path (steps.unmasking, reducer.next_global_masked)
+        outcome = unmasking.reduce_masked(cfg, gl, metas, rule, lambda p: _accept(p, dropped, skip_invalid, lambda: _load(p, gl, cfg)))
+        missing = sorted(set(expected) - set(outcome.survivors))
+        if outcome.waiting:
+            return AggregateResult(path=path, round=rnd, rule=rule, clients=[], dropped=dropped, num_examples=0,
+                                   density=float("nan"), upload_bytes=0, bits_per_weight=0.0,
+                                   seconds=time.perf_counter() - start, missing=missing, waiting=outcome.waiting)
+        tensors, records = outcome.tensors, outcome.records
+    else:
+        if rule == "filtered":
+            metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
+        tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
     _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
+    dropped += _rejected(layout, rnd, accepted)
     if cfg.privacy.mode == "client":  # un-noised uploads: publish who took part, nothing computed from them
         records = [client_level.public_record(r) for r in records]
     meta = gl.meta.model_copy(

@@ -21,7 +21,8 @@ def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
     """Metadata, densities and bits per weight of any checkpoint (coded files need ``global_path``)."""
     meta = checkpoint.read_meta(path)
     reference = load_global(global_path) if global_path else None
-    if meta.encoding in checkpoint.CODED_ENCODINGS and reference is None:
+    masked = meta.secure_aggregation is not None  # uniform words: no density, no mask to show
+    if (meta.encoding in checkpoint.CODED_ENCODINGS and reference is None) or masked:
         ckpt = None
     else:
         ckpt = checkpoint.load_checkpoint(path, reference=reference)
@@ -61,6 +62,7 @@ def inspect(path: str, global_path: str | None = None) -> dict[str, Any]:
         "digest": ckpt.digest if ckpt is not None else None,
         "aggregation": meta.aggregation.model_dump() if meta.aggregation else None,
         "privacy": meta.privacy.model_dump() if meta.privacy else None,
+        "secure_aggregation": masked,
         "modules": modules,
     }
     return info

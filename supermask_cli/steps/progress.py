@@ -5,6 +5,7 @@ themselves, so a bucket run_dir works the same as a local one."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 from .. import storage
@@ -22,9 +23,14 @@ class RoundProgress:
     participants: list[int]  # sampled for this round, from (seed, round): participants.json's list
     clients_done: list[int]  # client ids with an upload in round_RRR/clients/
     clients_missing: list[int]  # participants without an upload
+    # secure aggregation only: client ids with keys, sealed shares and unmask answers in
+    # round_RRR/secagg/, and the survivor list (null until aggregate writes it)
+    secure_aggregation: dict | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        if d["secure_aggregation"] is None:
+            del d["secure_aggregation"]
         return {"round": d.pop("round"), "global": d.pop("has_global"), "metrics": d.pop("has_metrics"),
                 "participants_file": d.pop("has_participants_file"), **d}
 
@@ -33,6 +39,12 @@ def round_progress(cfg: Config, rnd: int) -> RoundProgress:
     layout = Layout(cfg.run_dir)
     done = sorted(layout.uploads(rnd))
     wanted = sampled(cfg, rnd)
+    secure = None
+    if cfg.secure_aggregation.enabled:
+        listed = layout.survivors_path(rnd)
+        survivors = json.loads(storage.read_bytes(listed, 1 << 24))["survivors"] if storage.exists(listed) else None
+        secure = {step: sorted(layout.secagg_files(rnd, step)) for step in ("keys", "shares", "unmask")}
+        secure["survivors"] = survivors
     return RoundProgress(
         round=rnd,
         has_global=storage.exists(layout.global_path(rnd)),
@@ -41,6 +53,7 @@ def round_progress(cfg: Config, rnd: int) -> RoundProgress:
         participants=wanted,
         clients_done=done,
         clients_missing=[c for c in wanted if c not in done],
+        secure_aggregation=secure,
     )
 
 

@@ -18,6 +18,7 @@ from .evaluation import evaluate
 from .initialize import init
 from .participants import write_participants
 from .pool import metric_names, resolved
+from . import secure
 from .training import ClientResult, train_client
 
 
@@ -49,7 +50,13 @@ def _train_round(cfg: Config, layout: Layout, rnd: int, on_client: Callable[[Cli
     """Train the round's sampled clients whose upload is not there yet; a client whose privacy
     policy refuses the round uploads nothing (as it would on its own machine)."""
     results = []
-    for client in write_participants(layout, cfg, rnd):
+    clients = write_participants(layout, cfg, rnd)
+    if cfg.secure_aggregation.enabled:  # every client's keys, then every client's sealed shares
+        for client in clients:
+            secure.publish_keys(cfg, client, rnd)
+        for client in clients:
+            secure.share_keys(cfg, client, rnd)
+    for client in clients:
         if storage.exists(layout.client_path(rnd, client)):
             continue
         try:
@@ -94,6 +101,10 @@ def run(
             if not storage.exists(layout.global_path(rnd + 1)):
                 summary.clients = _train_round(cfg, layout, rnd, on_client, policies, on_refused)
                 summary.upload = aggregate(cfg, rnd=rnd)
+                if summary.upload.waiting:  # secure aggregation: the survivors answer the list, then the round completes
+                    for client in secure.read_survivors(secure.open_secure_round(cfg, rnd))["survivors"]:
+                        secure.reveal(cfg, client, rnd)
+                    summary.upload = aggregate(cfg, rnd=rnd)
             else:
                 summary.upload = upload_summary(layout, rnd)
         summary.wall_seconds = time.perf_counter() - start

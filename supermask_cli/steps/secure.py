@@ -1,5 +1,5 @@
-"""Secure aggregation through files (DESIGN §9): the client steps ``keys``, ``shares`` and
-``unmask``, the masked input, and the server's survivor list and unmasked sum.
+"""Secure aggregation through files (DESIGN §9), a client's side: the steps ``keys``, ``shares``
+and ``unmask`` and the masked upload (the server's side: :mod:`.unmasking`).
 
 Public messages live under ``<run_dir>/round_RRR/secagg/`` (:class:`..layout.Layout`); each client's
 private keys, self-mask seed and reveal record live in its :class:`..secagg.keystore.KeyStore`
@@ -12,19 +12,22 @@ the round's sampled participants (+1), so clients that see different sets of key
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import checkpoint, storage
+from ..checkpoint import SecureUpload
 from ..config import Config, config_digest
 from ..errors import SecureAggregationError
 from ..layout import Layout
 from ..rules import example_weights
-from ..secagg import agreement, identity, masking, messages, recovery, sharing, upload
+from ..secagg import agreement, identity, masking, messages, packing, recovery, sharing, upload
 from ..secagg.agreement import Context
 from ..secagg.keystore import KeyStore
 from .checks import latest_round
@@ -69,13 +72,14 @@ def open_secure_round(cfg: Config, rnd: int | None) -> SecureRound:
     return SecureRound(layout, Context(meta.config_digest, rnd), participants, t, cfg, meta)
 
 
-def keystore(cfg: Config, client: int, secrets: str | os.PathLike | None = None) -> KeyStore:
-    """The client's secrets directory, refused when inside the run directory."""
+def keystore(sr: SecureRound, client: int, secrets: str | os.PathLike | None = None) -> KeyStore:
+    """The client's secrets directory (default: one per run — config digest and run_dir — and
+    client under ``SECRETS_ROOT``), refused when inside the run directory."""
     if secrets is None:
-        run_id = hashlib.sha256(f"{config_digest(cfg)}\0{cfg.run_dir}".encode()).hexdigest()[:16]
+        run_id = hashlib.sha256(f"{sr.ctx.run_digest}\0{sr.cfg.run_dir}".encode()).hexdigest()[:16]
         secrets = SECRETS_ROOT / run_id / f"client-{client}"
     store = KeyStore(secrets)
-    store.check_outside(cfg.run_dir)
+    store.check_outside(sr.cfg.run_dir)
     return store
 
 
@@ -84,12 +88,12 @@ def _member(sr: SecureRound, client: int) -> None:
         raise SecureAggregationError(f"round {sr.rnd}: client {client} is not a participant (participants: {sr.participants})")
 
 
-def _read(path: str, message: str, sr: SecureRound, client: int | None = None) -> dict:
+def read_message(path: str, message: str, sr: SecureRound, client: int | None = None) -> dict:
     data = storage.read_bytes(path, MAX_MESSAGE_BYTES, what=f"secure-aggregation {message} file")
     return messages.loads(data, message, where=f"'{path}'", rnd=sr.rnd, config_digest=sr.ctx.run_digest, client=client)
 
 
-def _publish(path: str, blob: bytes) -> str:
+def publish_once(path: str, blob: bytes) -> str:
     """Write a message once; re-running a step must produce the same bytes."""
     if storage.exists(path):
         if storage.read_bytes(path, MAX_MESSAGE_BYTES) != blob:
@@ -116,7 +120,7 @@ def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str 
     client refuses peer keys that are unsigned or not signed by the registered identity."""
     sr = open_secure_round(cfg, rnd)
     _member(sr, client)
-    store = keystore(cfg, client, secrets)
+    store = keystore(sr, client, secrets)
     path = sr.layout.secagg_path(sr.rnd, "keys", client)
     if store.read(sr.rnd) is None:
         if storage.exists(path):
@@ -137,14 +141,14 @@ def publish_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str 
         signature = identity.load_private(identity_key).sign(identity.signed_bytes(sr.ctx, client, num_examples, channel, mask))
     blob = messages.dumps("keys", sr.rnd, sr.ctx.run_digest, client=client, num_examples=num_examples,
                           channel_public=channel.hex(), mask_public=mask.hex(), signature=signature.hex())
-    return _publish(path, blob)
+    return publish_once(path, blob)
 
 
 def public_keys(sr: SecureRound, identities: str | None = None) -> dict[int, dict]:
     """Participant -> its parsed keys message, for every participant whose keys are in; with
     ``identities`` (a directory of registered Ed25519 public keys) each must carry a valid signature."""
     files = sr.layout.secagg_files(sr.rnd, "keys")
-    out = {c: _read(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+    out = {c: read_message(p, "keys", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
     if identities:
         for c, msg in out.items():
             data = identity.signed_bytes(sr.ctx, c, msg["num_examples"], msg["channel_public"], msg["mask_public"])
@@ -156,14 +160,18 @@ def weights(sr: SecureRound, keys: dict[int, dict]) -> dict[int, int]:
     """Every key publisher's integer weight (``federation.weighting`` over the example counts in
     the keys messages: under secure aggregation ``bounded`` caps at 3× the median count of the
     clients that published keys, which a client must know before it masks; the plaintext rule
-    uses the accepted uploads' median, the same when no one drops out)."""
+    uses the accepted uploads' median, the same when no one drops out), divided by their gcd."""
     clients = sorted(keys)
     counts = [keys[c]["num_examples"] for c in clients]
     for c, n in zip(clients, counts):
         if not 1 <= n <= sr.cfg.federation.max_client_examples:
             raise SecureAggregationError(f"round {sr.rnd}: client {c} claims {n} examples, outside 1..{sr.cfg.federation.max_client_examples}")
-    raw = example_weights(counts, sr.cfg.federation.weighting).tolist()
-    return {c: upload.integer_weight(w, c) for c, w in zip(clients, raw)}
+    weighting = "uniform" if sr.cfg.privacy.mode == "client" else sr.cfg.federation.weighting  # client-level DP weighs equally
+    ints = [upload.integer_weight(w, c) for c, w in zip(clients, example_weights(counts, weighting).tolist())]
+    # ÷ their gcd: the same weighted means (the same rationals, each correctly rounded) with a smaller
+    # k, e.g. equal counts weigh 1 each: 2 bits per weight for 2 clients instead of bits(Σ counts)
+    common = math.gcd(*ints)
+    return {c: w // common for c, w in zip(clients, ints)}
 
 
 def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | None = None, wait: float = 0.0) -> str:
@@ -171,7 +179,7 @@ def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | 
     this client's shares of its self-mask seed and mask key for every participant with keys."""
     sr = open_secure_round(cfg, rnd)
     _member(sr, client)
-    state = _state(keystore(cfg, client, secrets), sr, client)
+    state = _state(keystore(sr, client, secrets), sr, client)
     path = sr.layout.secagg_path(sr.rnd, "shares", client)
     if storage.exists(path):
         return path
@@ -197,12 +205,12 @@ def share_keys(cfg: Config, client: int, rnd: int | None = None, secrets: str | 
             "self_digest": sharing.share_digest(sr.ctx, "self", client, holder, self_shares[k]),
             "pair_digest": sharing.share_digest(sr.ctx, "pair", client, holder, pair_shares[k]),
         }
-    return _publish(path, messages.dumps("shares", sr.rnd, sr.ctx.run_digest, client=client, threshold=sr.threshold, holders=holders))
+    return publish_once(path, messages.dumps("shares", sr.rnd, sr.ctx.run_digest, client=client, threshold=sr.threshold, holders=holders))
 
 
 def shares_messages(sr: SecureRound) -> dict[int, dict]:
     files = sr.layout.secagg_files(sr.rnd, "shares")
-    out = {c: _read(p, "shares", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
+    out = {c: read_message(p, "shares", sr, c) for c, p in sorted(files.items()) if c in sr.participants}
     for owner, msg in out.items():
         if msg["threshold"] != sr.threshold:
             raise SecureAggregationError(f"'{files[owner]}': threshold {msg['threshold']}, but this round's is {sr.threshold}")
@@ -221,9 +229,9 @@ def holdings(sr: SecureRound, client: int, state: dict) -> dict[int, dict[str, b
         if len(plain) != 2 * sharing.SHARE_BYTES:
             raise SecureAggregationError(f"round {sr.rnd}: the shares from client {owner} to client {client} are {len(plain)} bytes")
         got = {"self": plain[:sharing.SHARE_BYTES], "pair": plain[sharing.SHARE_BYTES:]}
-        for kind, share in got.items():
-            if sharing.share_digest(sr.ctx, kind, owner, client, share) != entry[f"{kind}_digest"].hex():
-                raise SecureAggregationError(f"round {sr.rnd}: the {kind} share client {owner} sealed for client {client} "
+        for part, share in got.items():
+            if sharing.share_digest(sr.ctx, part, owner, client, share) != entry[f"{part}_digest"].hex():
+                raise SecureAggregationError(f"round {sr.rnd}: the {part} share client {owner} sealed for client {client} "
                                              "does not match the digest it published")
         out[owner] = got
     return out
@@ -243,8 +251,12 @@ def mask_input(cfg: Config, client: int, x: dict[str, np.ndarray], bits: dict[st
     """The masked input y (and the peers it is masked with, to record in the upload). The keys are
     marked used before y exists, so that they are never published again for another input."""
     sr = open_secure_round(cfg, rnd)
-    store = keystore(cfg, client, secrets)
-    state = _state(store, sr, client)
+    store = keystore(sr, client, secrets)
+    return _mask(sr, store, _state(store, sr, client), client, x, bits)
+
+
+def _mask(sr: SecureRound, store: KeyStore, state: dict, client: int, x: dict[str, np.ndarray],
+          bits: dict[str, int]) -> tuple[dict[str, np.ndarray], list[int]]:
     peers = mask_peers(sr, client)
     keys = public_keys(sr, state.get("identities"))
     seeds = {j: agreement.pair_seed(bytes.fromhex(state["mask_private"]), keys[j]["mask_public"], sr.ctx, client, j) for j in peers}
@@ -253,37 +265,36 @@ def mask_input(cfg: Config, client: int, x: dict[str, np.ndarray], bits: dict[st
     return masking.mask(x, bits, client, bytes.fromhex(state["self_seed"]), seeds), peers
 
 
-def write_survivors(cfg: Config, uploads: dict[int, list[int]], rnd: int | None = None) -> tuple[str, list[int], list[int]]:
-    """Server: from the masked uploads in (client -> the peers it masked with) pick the survivors —
-    uploads whose peers all sealed shares and agree pairwise (a disagreeing pair loses its higher
-    id) — and the dropped clients whose mask keys are needed; write ``survivors.json``."""
+def weight_set(sr: SecureRound, client: int, shares: dict[int, dict]) -> list[int]:
+    """The clients whose counts set ``client``'s weight and k: those it sealed shares for (whose
+    keys were in when it did), the same for everyone when ``shares --wait`` saw every key."""
+    return sorted(shares[client]["holders"])
+
+
+def masked_upload(cfg: Config, client: int, tensors: dict[str, torch.Tensor], rnd: int | None = None,
+                  secrets: str | None = None) -> tuple[dict[str, torch.Tensor], SecureUpload]:
+    """``train-client`` with secure aggregation: the upload tensors encoded (weight × mask,
+    weight × fixed point), masked, and packed in k bits per value, with the record the server checks."""
     sr = open_secure_round(cfg, rnd)
-    shared = set(shares_messages(sr))
-    survivors = {i for i, peers in uploads.items() if i in shared and set(peers) <= shared - {i}}
-    changed = True
-    while changed:
-        changed = False
-        for i in sorted(survivors):
-            bad = [j for j in sorted(survivors - {i}) if (j in uploads[i]) != (i in uploads[j])]
-            if bad:
-                survivors.discard(max(i, bad[0]))
-                changed = True
-                break
-    dropped = sorted({j for i in survivors for j in uploads[i]} - survivors)
-    if len(survivors) < sr.threshold:
-        missing = ", ".join(str(c) for c in sr.participants if c not in survivors)
-        raise SecureAggregationError(f"round {sr.rnd}: {len(survivors)} of {len(sr.participants)} participants survived, fewer than "
-                                     f"the threshold {sr.threshold}; cannot unmask; missing clients {missing}")
-    blob = messages.dumps("survivors", sr.rnd, sr.ctx.run_digest, threshold=sr.threshold, participants=sr.participants,
-                          survivors=sorted(survivors), dropped=dropped)
-    return _publish(sr.layout.survivors_path(sr.rnd), blob), sorted(survivors), dropped
+    store = keystore(sr, client, secrets)
+    state = _state(store, sr, client)
+    shares = shares_messages(sr)
+    if client not in shares:
+        raise SecureAggregationError(f"round {sr.rnd}: client {client} has not sealed its shares; run `supermask secagg shares` first")
+    keys = public_keys(sr, state.get("identities"))
+    w = weights(sr, {c: keys[c] for c in weight_set(sr, client, shares)})
+    total = sum(w.values())
+    bits = upload.segment_bits(sorted(tensors), total)
+    y, peers = _mask(sr, store, state, client, upload.encode(tensors, w[client], bits), bits)
+    stored = {f"masked/{k}": torch.from_numpy(packing.pack(v, bits[k])) for k, v in y.items()}
+    return stored, SecureUpload(weight=w[client], total_weight=total, bits=bits, peers=peers)
 
 
 def read_survivors(sr: SecureRound) -> dict:
     path = sr.layout.survivors_path(sr.rnd)
     if not storage.exists(path):
         raise SecureAggregationError(f"round {sr.rnd}: no survivor list yet ('{path}'); `supermask aggregate` writes it once the masked uploads are in")
-    msg = _read(path, "survivors", sr)
+    msg = read_message(path, "survivors", sr)
     if msg["participants"] != sr.participants or msg["threshold"] != sr.threshold:
         raise SecureAggregationError(f"'{path}': participants or threshold differ from this round's")
     return msg
@@ -293,7 +304,7 @@ def reveal(cfg: Config, client: int, rnd: int | None = None, secrets: str | None
     """``secagg unmask``: this client's answer to the survivor list — one kind of share per peer.
     What it reveals is recorded in its secrets before the answer is published."""
     sr = open_secure_round(cfg, rnd)
-    store = keystore(cfg, client, secrets)
+    store = keystore(sr, client, secrets)
     state = _state(store, sr, client)
     listed = read_survivors(sr)
     revealed = {int(k): v for k, v in state["revealed"].items()}
@@ -302,39 +313,4 @@ def reveal(cfg: Config, client: int, rnd: int | None = None, secrets: str | None
     store.write(sr.rnd, {**state, "revealed": {str(k): v for k, v in sorted(revealed.items())}})
     blob = messages.dumps("unmask", sr.rnd, sr.ctx.run_digest, client=client,
                           self=messages.hexmap(answer["self"]), pair=messages.hexmap(answer["pair"]))
-    return _publish(sr.layout.secagg_path(sr.rnd, "unmask", client), blob)
-
-
-def unmask_answers(sr: SecureRound) -> dict[int, dict]:
-    """Survivor -> its parsed unmask answer, for the answers in so far."""
-    listed = read_survivors(sr)
-    files = sr.layout.secagg_files(sr.rnd, "unmask")
-    return {c: _read(p, "unmask", sr, c) for c, p in sorted(files.items()) if c in listed["survivors"]}
-
-
-def unmask_sum(cfg: Config, total: dict[str, np.ndarray], bits: dict[str, int], rnd: int | None = None,
-               identities: str | None = None) -> dict[str, np.ndarray]:
-    """Server: Σ x over the survivors from Σ y (the survivors' masked uploads, added mod 2^k)."""
-    sr = open_secure_round(cfg, rnd)
-    listed = read_survivors(sr)
-    shares = shares_messages(sr)
-    digests = {(part, owner, holder): entry[f"{part}_digest"].hex()
-               for owner, msg in shares.items() for holder, entry in msg["holders"].items() for part in sharing.KINDS}
-    mask_public = {c: msg["mask_public"] for c, msg in public_keys(sr, identities).items()}
-    answers = {c: {"self": a["self"], "pair": a["pair"]} for c, a in unmask_answers(sr).items()}
-    self_seeds, pairs = recovery.recover(sr.ctx, sr.threshold, sr.participants, set(listed["survivors"]), set(listed["dropped"]),
-                                         answers, digests, mask_public)
-    return masking.unmask(total, bits, self_seeds, pairs)
-
-
-def waiting_for(cfg: Config, rnd: int | None = None) -> str | None:
-    """What the server still waits for before it can unmask round ``rnd`` (None: nothing)."""
-    sr = open_secure_round(cfg, rnd)
-    if not storage.exists(sr.layout.survivors_path(sr.rnd)):
-        return f"round {sr.rnd}: the survivor list is not written yet"
-    listed, answers = read_survivors(sr), unmask_answers(sr)
-    if len(answers) >= sr.threshold:
-        return None
-    pending = ", ".join(str(c) for c in listed["survivors"] if c not in answers)
-    return (f"round {sr.rnd}: {len(answers)} of the {sr.threshold} unmask answers needed are in; "
-            f"waiting for `supermask secagg unmask` of clients {pending}")
+    return publish_once(sr.layout.secagg_path(sr.rnd, "unmask", client), blob)

@@ -22,11 +22,13 @@ from ..mask.kinds import kind_of
 from ..masked_model import trainable_from_global, upload_tensors
 from ..data import Examples
 from ..privacy import client_level
+from ..secagg import upload as secagg_upload
 from ..privacy.dpsgd import ExamplePrivacy
 from ..privacy.policy import ClientPolicy
 from ..runtime import resolve_device
 from .checks import check_base_matches, derive_seed, load_base, open_round, refuse_existing
 from .participants import sampled, write_participants
+from . import secure
 from .pool import client_examples
 from .release import Release, open_release
 
@@ -116,9 +118,11 @@ def train_client(
     out: str | None = None,
     force: bool = False,
     policy: ClientPolicy | None = None,
+    secrets: str | None = None,
 ) -> ClientResult:
     """Train client ``client`` from a global file and write its upload; with the client's privacy
-    ``policy``, only a release that policy allows (``steps.release``)."""
+    ``policy``, only a release that policy allows (``steps.release``). With secure aggregation the
+    upload is masked (``steps.secure``; ``secrets``: the client's secrets directory)."""
     layout, gl, cfg = open_round(cfg, rnd, global_path)
     rnd = gl.meta.round
     if not 0 <= client < cfg.federation.num_clients:
@@ -146,12 +150,12 @@ def train_client(
             return ClientResult(path=path, round=rnd, client=client, replayed=True, **release.replayed.numbers)
         dp = release.example_settings(len(examples), settings.batch_size, steps)
         release.check(dp, steps)  # refused here, before training, if the policy does not allow it
-        return _train_and_write(cfg, gl, client, rnd, path, force, examples, settings, steps, release, dp)
+        return _train_and_write(cfg, gl, client, rnd, path, force, examples, settings, steps, release, dp, secrets)
 
 
 def _train_and_write(
     cfg: Config, gl: Checkpoint, client: int, rnd: int, path: str, force: bool, examples: Examples,
-    settings: TrainSettings, steps: int, release: Release, dp: ExamplePrivacy | None,
+    settings: TrainSettings, steps: int, release: Release, dp: ExamplePrivacy | None, secrets: str | None = None,
 ) -> ClientResult:
     base = load_base(cfg, gl.meta.labels)
     check_base_matches(base, gl)
@@ -181,7 +185,16 @@ def _train_and_write(
             "created_by": f"supermask {__version__}",
         }
     )
-    meta, stored = choose_encoding(meta, tensors, gl, cfg.mask.encoding)
+    if cfg.secure_aggregation.enabled:
+        if cfg.privacy.mode == "client":  # the server sees only sums: this client clips its own float update
+            floats = sum(v.numel() for k, v in tensors.items() if not k.startswith("mask/"))
+            tensors = client_level.clip_upload(cfg.mask.kind, tensors, gl.tensors,
+                                               cfg.privacy.client_clip - secagg_upload.rounding_margin(floats))
+        stored, record = secure.masked_upload(cfg, client, tensors, rnd=rnd, secrets=secrets)
+        meta = meta.model_copy(update={"encoding": "masked", "coding_flip_rate": None, "secure_aggregation": record,
+                                       "mask_bits": checkpoint.payload_bits(stored)})
+    else:
+        meta, stored = choose_encoding(meta, tensors, gl, cfg.mask.encoding)
     data_bytes = checkpoint.serialize(meta, stored)
     masks = [v for k, v in tensors.items() if k.startswith("mask/")]
     kept = sum(int(m.sum()) for m in masks)

@@ -299,6 +299,8 @@ def test_a_refused_upload_goes_to_rejected_with_its_reason(material, tmp_path):
     reason = (rejected / "client_002.reason.txt").read_text()
     assert reason.startswith("node 12 (client 2): was coded against another global") and reason.count("\n") == 1
     assert sum(line.startswith("node 12") for line in status["refused"]) == rounds.MAX_ASKS  # asked again, twice
+    (dropped,) = checkpoint.read_meta(str(run_dir / "round_002" / "global.safetensors")).aggregation.dropped
+    assert dropped.file == str(rejected / "client_002.safetensors") and dropped.reason == reason.strip()
 
 
 def test_a_node_whose_first_upload_is_refused_is_asked_again(material, tmp_path):
@@ -312,6 +314,7 @@ def test_a_node_whose_first_upload_is_refused_is_asked_again(material, tmp_path)
     assert code == 0 and aggregated(run_dir) == [0, 1, 2], status
     assert len(sent) == 2 and [l for l in status["refused"] if l.startswith("node 12")] == [
         "node 12 (client 2): a file of client 1, not of client 2"]
+    assert checkpoint.read_meta(str(run_dir / "round_002" / "global.safetensors")).aggregation.dropped == []
 
 
 def test_a_restart_rechecks_the_files_it_finds(material, tmp_path):

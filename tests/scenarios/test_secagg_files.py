@@ -17,7 +17,7 @@ from supermask_cli.config import config_digest, load_config
 from supermask_cli.errors import SecureAggregationError
 from supermask_cli.layout import Layout
 from supermask_cli.secagg import encoding, masking
-from supermask_cli.steps import secure
+from supermask_cli.steps import secure, unmasking
 
 N, T = 5, 3
 
@@ -56,15 +56,15 @@ def test_a_file_round_unmasks_the_exact_sum_and_leaves_no_secret_under_run_dir(s
         uploads[i], peers[i] = secure.mask_input(cfg, i, x[i], bits, secrets=secrets / f"c{i}")
         assert peers[i] == [j for j in range(N) if j != i]
     # Execute
-    assert secure.waiting_for(cfg) == "round 0: the survivor list is not written yet"
-    _, survivors, dropped = secure.write_survivors(cfg, peers)
+    assert unmasking.waiting_for(cfg) == "round 0: the survivor list is not written yet"
+    survivors, dropped = unmasking.survivors(cfg, peers)
     for i in (0, 1):
         secure.reveal(cfg, i, secrets=secrets / f"c{i}")
-    assert secure.waiting_for(cfg) == ("round 0: 2 of the 3 unmask answers needed are in; "
+    assert unmasking.waiting_for(cfg) == ("round 0: 2 of the 3 unmask answers needed are in; "
                                        "waiting for `supermask secagg unmask` of clients 2, 3")
     secure.reveal(cfg, 2, secrets=secrets / "c2")
-    assert secure.waiting_for(cfg) is None
-    total = secure.unmask_sum(cfg, masking.add_inputs(uploads, bits), bits)
+    assert unmasking.waiting_for(cfg) is None
+    total = unmasking.unmask_sum(cfg, masking.add_inputs(uploads, bits), bits)
     # Assert: the exact plaintext sum of the survivors
     assert (survivors, dropped) == ([0, 1, 2, 3], [4])
     assert encoding.decode_unsigned(total["mask/x"]).tolist() == sum((i + 1) * plain[i][0] for i in range(4)).tolist()
@@ -104,7 +104,7 @@ def test_a_server_that_relists_a_live_client_as_dropped_gets_nothing(secure_run)
     bits, _, x = _inputs(cfg)
     _keys_and_shares(cfg, secrets)
     peers = {i: secure.mask_input(cfg, i, x[i], bits, secrets=secrets / f"c{i}")[1] for i in range(N)}
-    secure.write_survivors(cfg, peers)
+    unmasking.survivors(cfg, peers)
     secure.reveal(cfg, 1, secrets=secrets / "c1")
     # the server replaces the survivor list: client 2 "dropped", asking for its mask-key share
     layout = Layout(cfg.run_dir)
@@ -113,7 +113,7 @@ def test_a_server_that_relists_a_live_client_as_dropped_gets_nothing(secure_run)
     Path(layout.survivors_path(0)).write_text(json.dumps(listed))
     with pytest.raises(SecureAggregationError, match="client 1 refuses to unmask: it already revealed the other kind of share of clients 2 "):
         secure.reveal(cfg, 1, secrets=secrets / "c1")
-    assert 2 not in secure.unmask_answers(secure.open_secure_round(cfg, 0))[1]["pair"]
+    assert 2 not in unmasking.unmask_answers(secure.open_secure_round(cfg, 0))[1]["pair"]
 
 
 def test_tampered_shares_are_named(secure_run):
@@ -166,10 +166,14 @@ def test_weights_come_from_the_published_counts(secure_run):
     sr = secure.open_secure_round(cfg, 0)
     keys = secure.public_keys(sr)
     counts = {c: k["num_examples"] for c, k in keys.items()}
-    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped
+    assert sum(counts.values()) == 96 and secure.weights(sr, keys) == counts  # the tiny pool, no count capped (gcd 1)
     median = sorted(counts.values())[(N - 1) // 2]
     keys[2]["num_examples"] = 1_000_000  # a client claiming a million examples weighs 3 median clients
-    assert secure.weights(sr, keys)[2] == 3 * median
+    w = secure.weights(sr, keys)
+    assert w[2] * counts[0] == 3 * median * w[0]  # weights stay proportional to the capped counts
+    for c in keys:
+        keys[c]["num_examples"] = 320
+    assert secure.weights(sr, keys) == {c: 1 for c in keys}  # equal counts: weight 1 each, the smallest k
     keys[2]["num_examples"] = 0
     with pytest.raises(SecureAggregationError, match="round 0: client 2 claims 0 examples, outside 1..10000000"):
         secure.weights(sr, keys)
@@ -212,3 +216,12 @@ def test_registered_identities_catch_substituted_keys(secure_run, tmp_path):
         secure.share_keys(cfg, 1, secrets=secrets / "c1")
     # without registered identities the same substitution goes unnoticed: why README says to register them
     assert secure.public_keys(secure.open_secure_round(cfg, 0))[3]["mask_public"].hex() == msg["mask_public"]
+
+
+def test_launchers_that_do_not_drive_the_steps_yet_refuse(secure_run):
+    from supermask_cli.launch import slurm
+
+    path, cfg, _ = secure_run
+    with pytest.raises(Exception, match="secure_aggregation: `supermask slurm` does not submit its steps yet"):
+        slurm.options(cfg, path, [], rounds=None, array_parallelism=None, sbatch_args=[], gpus_per_client=None,
+                      aggregate_wait=0, directory=None)

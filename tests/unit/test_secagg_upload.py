@@ -60,3 +60,17 @@ def test_non_integer_weights_and_unknown_tensors_refused():
     bits = upload.segment_bits(list(SHAPES), 10)
     with pytest.raises(SecureAggregationError, match="differ from the round's"):
         upload.encode({"mask/enc.q": torch.ones(37, 5, dtype=torch.bool)}, 1, bits)
+
+
+def test_scaling_every_weight_changes_no_mean():
+    # why steps.secure.weights may divide the weights by their gcd: the same rationals, each correctly rounded
+    clients, counts = _clients(5, seed=1), [2, 3, 5, 7, 11]
+    means = []
+    for factor in (1, 6):
+        weights = [c * factor for c in counts]
+        bits = upload.segment_bits(list(SHAPES), sum(weights))
+        sums = simulate.run(Context("d", 0), {i: upload.encode(t, w, bits) for i, (t, w) in enumerate(zip(clients, weights))},
+                            bits, 3)
+        means.append(upload.decode_means(sums, bits, sum(weights), SHAPES))
+    for key in SHAPES:
+        assert torch.equal(means[0][key], means[1][key]), key
