@@ -223,7 +223,13 @@ def load_audited(cfg: Config, checkpoint_path: str, client_file: str | None) -> 
     check_config(gl, cfg)
     if client_file is None:
         return gl, gl, cfg
-    up = checkpoint.load_checkpoint(client_file, reference=gl, max_bytes=checkpoint.max_client_bytes(gl.meta))
+    limit = checkpoint.max_client_bytes(gl.meta)
+    if checkpoint.read_meta(client_file, max_bytes=limit).encoding == "masked":
+        raise CheckpointError(
+            f"{client_file}: is a masked upload (secure aggregation): no one can read this client's model from it, "
+            "so there is nothing to audit; audit the global"
+        )
+    up = checkpoint.load_checkpoint(client_file, reference=gl, max_bytes=limit)
     check_client(up.meta, client_file, gl, cfg)
     return gl, up, cfg
 

@@ -2,10 +2,10 @@
 hands each message to the node's ClientApp function (no SuperLink, no network). Run with the
 Flower environment's python (tests/scenarios/test_flower_policy.py does):
 
-    python flower_loopback.py SPEC.json     # prints one JSON line: the result
+    python flower_loopback.py SPECS.json    # prints one JSON line: the list of results
 
-SPEC: {"config": path, "work": dir, "policies": {"<client>": path}, "action": "serve" | "repeat",
-"repeat": N}. ``serve`` runs every round (``flower_rounds.serve``); ``repeat`` sends round 0's
+SPECS: a list of {"config": path, "work": dir, "policies": {"<client>": path}, "action": "serve" |
+"repeat", "repeat": N}, run in order (one process: Flower and torch are imported once). ``serve`` runs every round (``flower_rounds.serve``); ``repeat`` sends round 0's
 work to client 0 N times and reports each upload's SHA-256.
 """
 
@@ -53,9 +53,12 @@ class LoopGrid:
         return [self.replies.pop(mid) for mid in list(ids) if mid in self.replies]
 
 
-def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
+def main(specs_path: str) -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    print(json.dumps([run(spec) for spec in json.loads(Path(specs_path).read_text())]))
+
+
+def run(spec: dict) -> dict:
     cfg = load_config(spec["config"])
     contexts = {}
     for client in range(cfg.federation.num_clients):
@@ -87,7 +90,7 @@ def main(spec_path: str) -> None:
         except SupermaskError as exc:
             out["error"] = str(exc)
     out["stdout"] = printed.getvalue()
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

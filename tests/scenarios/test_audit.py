@@ -194,3 +194,18 @@ def test_bad_input_exits_2_naming_the_file(run, tmp_path, case):
     assert "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "error:" in errors[0] and str(named) in errors[0], result.stderr
+
+
+def test_a_masked_upload_has_no_model_to_audit(tiny_config, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # secure aggregation's default secrets directories
+    path = tiny_config("threshold", federation={"rounds": 1}, secure_aggregation={"enabled": True})
+    cfg = load_config(path)
+    _, cfg = steps.init(cfg)
+    for publish in (steps.secure.publish_keys, steps.secure.share_keys):
+        for c in range(3):
+            publish(cfg, c, 0)
+    upload = steps.train_client(cfg, 0, rnd=0).path
+    result = invoke("audit", "-c", path, "--checkpoint", Path(cfg.run_dir) / "round_000/global.safetensors",
+                    "--client-file", upload, "--members", tiny_data[0], "--non-members", tiny_data[1])
+    assert result.exit_code == 2, result.output
+    assert upload in result.stderr and "masked upload" in result.stderr
