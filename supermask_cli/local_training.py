@@ -128,14 +128,18 @@ def adjusted_loss(logits: torch.Tensor, labels: torch.Tensor, offset: torch.Tens
 
 
 def loss_function(settings: TrainSettings, examples: Examples, model: nn.Module, device: torch.device):
-    """The training loss of a batch's model outputs: the model's own (cross-entropy or MSE), or
-    with ``train.logit_adjust`` > 0 the logit-adjusted cross-entropy against the client's prior."""
+    """``loss(model, batch)`` of a tokenized batch: the model's own (cross-entropy or MSE), or with
+    ``train.logit_adjust`` > 0 the logit-adjusted cross-entropy against the client's prior."""
     if settings.logit_adjust <= 0:
-        return lambda outputs, labels: outputs.loss
+        return lambda model, batch: model(**batch).loss
     if np.issubdtype(examples.labels.dtype, np.floating):
         raise SupermaskError("train.logit_adjust needs class labels; this task is a regression: set it to 0")
     offset = (settings.logit_adjust * label_log_prior(examples.labels, model.config.num_labels)).to(device)
-    return lambda outputs, labels: adjusted_loss(outputs.logits, labels, offset)
+    def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+        labels = batch.pop("labels")
+        return adjusted_loss(model(**batch).logits, labels, offset)
+
+    return loss
 
 
 @dataclass
@@ -202,8 +206,7 @@ def step(state: TrainingState, indices: np.ndarray) -> float | None:
     if len(indices):
         batch = encode_batch(s.tokenizer, s.examples, indices, s.settings.max_length, s.device)
         with autocast(s.device, s.amp):
-            labels = batch.pop("labels") if s.settings.logit_adjust > 0 else batch["labels"]
-            loss = s.loss_fn(s.model(**batch), labels)
+            loss = s.loss_fn(s.model, batch)
     if s.dp is not None:
         s.dp.backward(loss, len(indices))
     else:
