@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import tempfile
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -31,6 +32,16 @@ def join(base: str, *parts: str) -> str:
 def parent(path: str) -> str:
     """The folder holding ``path`` ('' for a bare file name), URL scheme kept."""
     return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def local_dir_inside(directory: str | os.PathLike, run_dir: str) -> bool:
+    """Whether ``directory`` is ``run_dir`` or below it, for a local run dir (a URL run dir is never
+    on this machine's disk: False)."""
+    if "://" in run_dir and not run_dir.startswith("file://"):
+        return False
+    run = Path(run_dir.removeprefix("file://")).expanduser().resolve()
+    mine = Path(directory).expanduser().resolve()
+    return mine == run or run in mine.parents
 
 
 def exists(path: str) -> bool:

@@ -76,11 +76,7 @@ class LocalLedger:
 
     def check_outside(self, run_dir: str) -> None:
         """Refuse a ledger inside the (local) run directory, which the aggregator can read and rewrite."""
-        if "://" in run_dir and not run_dir.startswith("file://"):
-            return
-        run = Path(run_dir.removeprefix("file://")).expanduser().resolve()
-        mine = self.dir.resolve()
-        if mine == run or run in mine.parents:
+        if storage.local_dir_inside(self.dir, run_dir):
             raise SupermaskError(f"ledger '{self.dir}' is inside run_dir '{run_dir}'; keep it on the client's own storage")
 
     @contextmanager

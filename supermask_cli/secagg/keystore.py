@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..errors import SecureAggregationError
 
 
@@ -27,11 +28,7 @@ class KeyStore:
 
     def check_outside(self, run_dir: str) -> None:
         """Refuse a secrets directory inside the (local) run directory."""
-        if "://" in run_dir and not run_dir.startswith("file://"):
-            return
-        run = Path(run_dir.removeprefix("file://")).expanduser().resolve()
-        mine = self.dir.resolve()
-        if mine == run or run in mine.parents:
+        if storage.local_dir_inside(self.dir, run_dir):
             raise SecureAggregationError(f"--secrets '{self.dir}' is inside run_dir '{run_dir}', which the aggregator can read")
 
     def read(self, rnd: int) -> dict[str, Any] | None:
