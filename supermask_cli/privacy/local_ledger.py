@@ -79,10 +79,16 @@ class LocalLedger:
         if storage.local_dir_inside(self.dir, run_dir):
             raise SupermaskError(f"ledger '{self.dir}' is inside run_dir '{run_dir}'; keep it on the client's own storage")
 
+    def _make_dirs(self) -> None:
+        """The ledger's folders, readable by this user only: they hold the client's releases and uploads."""
+        for folder in (self.dir, self.dir / self.data):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold this data's ledger for one check-and-release (blocks while another process holds it)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         with open(self.dir / f"{self.data}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -121,6 +127,7 @@ class LocalLedger:
             raise SupermaskError(f"ledger '{self.file}' already holds round {entry.round} of run {entry.run[:12]}")
         if hashlib.sha256(upload).hexdigest() != entry.upload:
             raise ValueError("entry.upload is not the upload's digest")
+        self._make_dirs()
         storage.write_atomic(str(self.upload_path(entry.run, entry.round)), upload, force=True)
         body = _LedgerFile(format=FORMAT, version=VERSION, data=self.data, releases=[*releases, entry])
         storage.write_atomic(str(self.file), json.dumps(body.model_dump(mode="json"), indent=1).encode(), force=True)

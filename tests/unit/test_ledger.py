@@ -106,6 +106,8 @@ def test_the_local_ledger_survives_a_new_process_and_keeps_each_upload(tmp_path)
     assert again.stored_upload(again.find("a" * 64, 1)) == b"upload 1"
     assert again.find("a" * 64, 2) is None and again.find("d" * 64, 0) is None
     assert not list((tmp_path / "ledger").glob("**/*.part"))  # written atomically, nothing left over
+    for folder in (tmp_path / "ledger", store.upload_path("a" * 64, 0).parent):  # the client's alone
+        assert folder.stat().st_mode & 0o777 == 0o700
 
 
 def test_the_local_ledger_refuses_a_second_entry_an_altered_copy_or_a_corrupt_file(tmp_path):
