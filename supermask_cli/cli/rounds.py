@@ -98,7 +98,7 @@ def aggregate(
     aggregator: Annotated[
         Optional[str], typer.Option("--aggregator", help="mean | median | trimmed_mean | capped | filtered | bayes (default: config).")
     ] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid client files instead of failing.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid files named by --clients instead of failing (the round's clients/ always quarantines them).")] = False,
     wait: Annotated[
         Optional[float],
         typer.Option("--wait", min=0, help="Wait up to SECONDS for every sampled client's upload, then aggregate those present."),
@@ -107,9 +107,12 @@ def aggregate(
 ) -> None:
     """Validate a round's client uploads and aggregate them into the next round's global.
 
-    Only the round's sampled clients (round_RRR/participants.json) may upload. With `--wait`,
-    stragglers missing at the deadline are recorded in the new global; fewer than
-    federation.min_clients uploads fail the round (exit 2).
+    Only the round's sampled clients (round_RRR/participants.json) may upload. Every file in
+    round_RRR/clients/ is checked first; one that fails moves to round_RRR/rejected/ with a
+    one-line reason (recorded in the new global's dropped list) and the round goes on without it.
+    With `--wait`, a rejected client may upload again until the deadline; stragglers missing then
+    are recorded in the new global; fewer than federation.min_clients valid uploads fail the
+    round (exit 2).
 
     Example: `supermask aggregate --config configs/glue_sst2.yaml --round 0 --wait 3600`
     """
@@ -207,5 +210,10 @@ def _run_one(cfg: Config, policies: dict | None = None) -> None:
     def on_refused(client: int, reason: str) -> None:
         err_console.print(f"  client {client} refused: {reason}", highlight=False, soft_wrap=True, markup=False)
 
-    steps.run(cfg, on_client=on_client, on_round=on_round, policies=policies, on_refused=on_refused)
+    def on_rejected(client: int, reason: str) -> None:
+        err_console.print(f"  client {client}'s earlier upload moved to rejected/ (it trains again): {reason}",
+                          highlight=False, soft_wrap=True, markup=False)
+
+    steps.run(cfg, on_client=on_client, on_round=on_round, policies=policies, on_refused=on_refused,
+              on_rejected=on_rejected)
     out.print(f"metrics: {cfg.run_dir}/metrics.jsonl")

@@ -25,32 +25,21 @@ from ..reducer import Rejected, next_global_tensors
 from ..rules import outliers, surprise
 from ..runlog import AggregateResult, aggregate_result, write_metrics_log
 from .checks import check_client, open_round, refuse_existing
-from . import unmasking
+from . import admission, unmasking
 from .participants import sampled, write_participants
 
-WAIT_POLL_SECONDS = 2.0
 T = TypeVar("T")
 
 
-def wait_for_clients(layout: Layout, rnd: int, expected: list[int], seconds: float) -> dict[int, str]:
-    """Poll the round's clients folder until every expected client's file is there or ``seconds`` pass."""
-    deadline = time.monotonic() + seconds
-    while True:
-        present = layout.uploads(rnd)
-        if set(expected) <= set(present) or time.monotonic() >= deadline:
-            return present
-        time.sleep(min(WAIT_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
-
-
-def _client_paths(layout: Layout, rnd: int, explicit: list[str] | None, expected: list[int], wait: float | None) -> list[str]:
-    if explicit:
-        return explicit
-    present = wait_for_clients(layout, rnd, expected, wait) if wait else layout.uploads(rnd)
-    if not present:
+def _inbox(cfg: Config, layout: Layout, gl: Checkpoint, rnd: int, expected: list[int], wait: float | None) -> list[str]:
+    """The round's admitted uploads (``admission.admit_round``: a file that fails a check moves to
+    ``rejected/`` and the round goes on without it)."""
+    admitted = admission.admit_round(cfg, layout, gl, rnd, expected, wait)
+    if not admitted and not layout.rejected(rnd):
         raise SupermaskError(
             f"no client files for round {rnd} under '{layout.clients_dir(rnd)}'; run `supermask train-client` first"
         )
-    return [present[c] for c in sorted(present)]
+    return [admitted[c] for c in sorted(admitted)]
 
 
 def _accept(path: str, dropped: list[DroppedRecord], skip_invalid: bool, check: Callable[[], T]) -> T | None:
@@ -65,18 +54,14 @@ def _accept(path: str, dropped: list[DroppedRecord], skip_invalid: bool, check: 
         return None
 
 
-def _max_bytes(gl: Checkpoint, cfg: Config) -> int:
-    return checkpoint.max_client_bytes(gl.meta, masked=cfg.secure_aggregation.enabled)
-
-
 def _load(path: str, gl: Checkpoint, cfg: Config) -> Checkpoint:
-    ckpt = checkpoint.load_checkpoint(path, reference=gl, max_bytes=_max_bytes(gl, cfg))
+    ckpt = checkpoint.load_checkpoint(path, reference=gl, max_bytes=admission.upload_limit(gl, cfg))
     check_client(ckpt.meta, path, gl, cfg)
     return ckpt
 
 
 def _screen_one(path: str, gl: Checkpoint, cfg: Config, expected: list[int], seen: dict[int, str]) -> FileMeta:
-    meta = checkpoint.read_meta(path, max_bytes=_max_bytes(gl, cfg))
+    meta = checkpoint.read_meta(path, max_bytes=admission.upload_limit(gl, cfg))
     check_client(meta, path, gl, cfg)
     if meta.client in seen:
         raise CheckpointError(f"{path}: client {meta.client} already uploaded {seen[meta.client]}")
@@ -199,12 +184,13 @@ def aggregate(
     path = out or layout.global_path(rnd + 1)
     refuse_existing(path, force)
     expected = sampled(cfg, rnd)
-    paths = _client_paths(layout, rnd, client_paths, expected, wait)
+    paths = client_paths or _inbox(cfg, layout, gl, rnd, expected, wait)
+    skip_invalid = skip_invalid or not client_paths  # the inbox never fails a round on one client's file
 
     dropped: list[DroppedRecord] = []
     metas = _screen(paths, gl, cfg, expected, dropped, skip_invalid)
     missing = sorted(set(expected) - {m.client for _, m in metas if m.client is not None})
-    _require_min_clients(len(metas), rnd, cfg, dropped, missing)
+    _require_min_clients(len(metas), rnd, cfg, dropped or _rejected(layout, rnd, set()), missing)
     if cfg.secure_aggregation.enabled:  # the masked path (steps.unmasking, reducer.next_global_masked)
         outcome = unmasking.reduce_masked(cfg, gl, metas, rule, lambda p: _accept(p, dropped, skip_invalid, lambda: _load(p, gl, cfg)))
         missing = sorted(set(expected) - set(outcome.survivors))
@@ -217,9 +203,9 @@ def aggregate(
         if rule == "filtered":
             metas = _drop_outliers(metas, gl, cfg, dropped, skip_invalid)
         tensors, records = _reduce(metas, gl, cfg, rule, dropped, skip_invalid)
-    _require_min_clients(len(records), rnd, cfg, dropped, missing)
     accepted = {r.client for r in records}
     dropped += _rejected(layout, rnd, accepted)
+    _require_min_clients(len(records), rnd, cfg, dropped, missing)
     if cfg.privacy.mode == "client":  # un-noised uploads: publish who took part, nothing computed from them
         records = [client_level.public_record(r) for r in records]
     meta = gl.meta.model_copy(

@@ -18,7 +18,8 @@ from .evaluation import evaluate
 from .initialize import init
 from .participants import write_participants
 from .pool import metric_names, resolved
-from . import secure
+from . import admission, secure
+from .checks import load_global
 from .training import ClientResult, train_client
 
 
@@ -46,9 +47,12 @@ class RoundSummary:
 
 def _train_round(cfg: Config, layout: Layout, rnd: int, on_client: Callable[[ClientResult], None] | None,
                  policies: dict[int, ClientPolicy] | None = None,
-                 on_refused: Callable[[int, str], None] | None = None) -> list[ClientResult]:
-    """Train the round's sampled clients whose upload is not there yet; a client whose privacy
-    policy refuses the round uploads nothing (as it would on its own machine)."""
+                 on_refused: Callable[[int, str], None] | None = None,
+                 on_rejected: Callable[[int, str], None] | None = None) -> list[ClientResult]:
+    """Train the round's sampled clients whose upload is not there yet (an upload left by an
+    earlier run is checked first; one that fails moves to ``rejected/`` and its client trains
+    again); a client whose privacy policy refuses the round uploads nothing (as it would on its
+    own machine)."""
     results = []
     clients = write_participants(layout, cfg, rnd)
     if cfg.secure_aggregation.enabled:  # every client's keys, then every client's sealed shares
@@ -56,6 +60,11 @@ def _train_round(cfg: Config, layout: Layout, rnd: int, on_client: Callable[[Cli
             secure.publish_keys(cfg, client, rnd)
         for client in clients:
             secure.share_keys(cfg, client, rnd)
+    if any(storage.exists(layout.client_path(rnd, c)) for c in clients):  # a resume trusts no file it did not check
+        gl = load_global(layout.global_path(rnd))
+        for client, reason in admission.recheck_present(cfg, layout, gl, rnd, clients).items():
+            if on_rejected:
+                on_rejected(client, reason)
     for client in clients:
         if storage.exists(layout.client_path(rnd, client)):
             continue
@@ -78,9 +87,12 @@ def run(
     on_round: Callable[[RoundSummary], None] | None = None,
     policies: dict[int, ClientPolicy] | None = None,
     on_refused: Callable[[int, str], None] | None = None,
+    on_rejected: Callable[[int, str], None] | None = None,
 ) -> list[RoundSummary]:
     """Every step of every round on this machine; steps whose output exists are skipped (resume).
-    ``policies``: each simulated client's privacy policy (``--privacy-policies``), by client id."""
+    ``policies``: each simulated client's privacy policy (``--privacy-policies``), by client id.
+    ``on_refused``: a client's policy refused the round; ``on_rejected``: an upload left by an
+    earlier run failed its check (moved to ``rejected/``; the client trains again)."""
     layout = Layout(cfg.run_dir)
     if not storage.exists(layout.global_path(0)):
         _, cfg = init(cfg)
@@ -99,7 +111,7 @@ def run(
         summary = RoundSummary(round=rnd, metrics=metrics)
         if rnd < cfg.federation.rounds:
             if not storage.exists(layout.global_path(rnd + 1)):
-                summary.clients = _train_round(cfg, layout, rnd, on_client, policies, on_refused)
+                summary.clients = _train_round(cfg, layout, rnd, on_client, policies, on_refused, on_rejected)
                 summary.upload = aggregate(cfg, rnd=rnd)
                 if summary.upload.waiting:  # secure aggregation: the survivors answer the list, then the round completes
                     for client in secure.read_survivors(secure.open_secure_round(cfg, rnd))["survivors"]:

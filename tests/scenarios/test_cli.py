@@ -298,8 +298,9 @@ def test_client_file_from_another_round(tiny_config):
     # Execute
     result = CliRunner().invoke(app, ["aggregate", "--config", str(cfg_path)])
     # Assert
-    assert_user_error(result, str(stale), "round 0", "round 1")
+    assert_user_error(result, "round 1: only 0 valid client file(s)", str(stale), "another global")
     assert not (run_dir / "round_002").exists()
+    assert not stale.exists() and (run_dir / "round_001" / "rejected" / "client_000.safetensors").exists()
 
 
 @pytest.fixture(scope="module")

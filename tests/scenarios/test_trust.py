@@ -6,6 +6,7 @@ file size)."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -401,10 +402,15 @@ def test_an_oversized_client_file_is_refused_before_parsing(tmp_path, tiny_model
     cap = checkpoint.max_client_bytes(gl.meta)
     with open(big, "wb") as handle:  # a header length within limits, then junk past the cap
         handle.write((16).to_bytes(8, "little") + b"{}" + b" " * (cap - 10 + 1))
-    with pytest.raises(CheckpointError) as err:
-        steps.aggregate(cfg, rnd=0)
-    message = str(err.value)
-    assert "\n" not in message and big in message and f"over the {cap}-byte limit" in message
+    steps.aggregate(cfg, rnd=0)  # the round goes on without it; the file is quarantined unread
+    meta = checkpoint.read_meta(Layout(cfg.run_dir).global_path(1))
+    assert [c.client for c in meta.aggregation.clients] == [0]
+    (dropped,) = meta.aggregation.dropped
+    assert "\n" not in dropped.reason and big in dropped.reason and f"over the {cap}-byte limit" in dropped.reason
+    assert not os.path.exists(big) and not os.path.exists(Layout(cfg.run_dir).rejected_path(0, 1))
+    big = Layout(cfg.run_dir).rejected_path(0, 1)
+    with open(big, "wb") as handle:
+        handle.write((16).to_bytes(8, "little") + b"{}" + b" " * (cap - 10 + 1))
     with pytest.raises(CheckpointError, match="byte limit"):
         checkpoint.read_meta(big, max_bytes=cap)
 
