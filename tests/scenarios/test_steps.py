@@ -4,6 +4,7 @@ stragglers, weights after dropped files, and export's replacement of an old dire
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 
@@ -125,6 +126,12 @@ def test_clients_per_round_trains_only_the_sampled_clients(tmp_path, tiny_model,
     forged.write_bytes(checkpoint.serialize(meta, checkpoint.encode_tensors(meta, honest.tensors, gl)))
     with pytest.raises(SupermaskError, match=f"client {outsider} was not sampled for round 0"):
         steps.aggregate(cfg, rnd=0, client_paths=[str(forged)], out=str(tmp_path / "g.safetensors"))
+    # ... and, dropped into the round's inbox, quarantined while the sampled clients' round goes on
+    shutil.copy(forged, layout.client_path(0, outsider))
+    steps.aggregate(cfg, rnd=0, out=str(tmp_path / "g.safetensors"))
+    assert not os.path.exists(layout.client_path(0, outsider))
+    assert f"client {outsider} was not sampled for round 0" in open(layout.rejected_reason_path(0, outsider)).read()
+    assert [c.client for c in checkpoint.read_meta(str(tmp_path / "g.safetensors")).aggregation.clients] == steps.sampled(cfg, 0)
 
 
 # -------------------------------------------------------------------------------------- stragglers
