@@ -106,6 +106,9 @@ def progress(
     """Print which steps of a run are done: per round its global, metrics, participants and uploads.
 
     One line per round of `key=value` fields (lists comma-separated), or `--json`. Works on URL run dirs.
+    With `secure_aggregation.enabled`, each line also has `secagg=1` and the client ids whose
+    `secagg_keys`, `secagg_shares` and `secagg_unmask` messages are in, and `secagg_survivors`
+    (`-` until `aggregate` lists them); without, no `secagg` fields.
 
     Example: `supermask progress --config configs/glue_sst2.yaml --round 2`
     """
@@ -117,6 +120,10 @@ def progress(
         sys.stdout.write(json.dumps({"run_dir": cfg.run_dir, "rounds": rows}) + "\n")
         return
     for row in rows:
+        secure = row.pop("secure_aggregation", None)
+        if secure is not None:  # flat, so that a shell script can split the line on spaces
+            row["secagg"] = True
+            row.update({f"secagg_{k}": "-" if v is None else v for k, v in secure.items()})
         fields = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else int(v) if isinstance(v, bool) else v}"
                   for k, v in row.items()]
         sys.stdout.write(" ".join(fields) + "\n")

@@ -66,3 +66,31 @@ def test_progress_command_prints_lines_and_json(tmp_path):
     assert json.loads(as_json.stdout) == {"run_dir": str(tmp_path / "run"), "rounds": [{
         "round": 0, "global": True, "metrics": False, "participants_file": False, "participants": [0, 1],
         "clients_done": [1], "clients_missing": [0]}]}
+
+
+def test_progress_lines_carry_flat_secagg_fields_for_a_shell(tmp_path):
+    # Prepare: round 0 of a secure-aggregation run with every key, two shares, a survivor list and one answer
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "federation": {"num_clients": 3, "rounds": 1},
+                                      "secure_aggregation": {"enabled": True}}))
+    secagg = tmp_path / "run" / "round_000" / "secagg"
+    for step, clients in {"keys": [0, 1, 2], "shares": [0, 2], "unmask": [2]}.items():
+        (secagg / step).mkdir(parents=True)
+        for c in clients:
+            (secagg / step / f"client_{c:03d}.json").write_bytes(b"{}")
+    (secagg / "survivors.json").write_text(json.dumps({"survivors": [0, 2], "dropped": [1]}))
+
+    # Execute
+    lines = CliRunner().invoke(app, ["progress", "--config", str(config)])
+    plain = CliRunner().invoke(app, ["progress", "--config", str(config), "--set", "secure_aggregation.enabled=false"])
+
+    # Assert: space-free fields, survivors '-' while not listed; none of them without secure aggregation
+    assert lines.exit_code == 0, lines.output
+    assert lines.stdout.splitlines() == [
+        "round=0 global=0 metrics=0 participants_file=0 participants=0,1,2 clients_done= clients_missing=0,1,2 "
+        "secagg=1 secagg_keys=0,1,2 secagg_shares=0,2 secagg_unmask=2 secagg_survivors=0,2",
+        "round=1 global=0 metrics=0 participants_file=0 participants=0,1,2 clients_done= clients_missing=0,1,2 "
+        "secagg=1 secagg_keys= secagg_shares= secagg_unmask= secagg_survivors=-",
+    ]
+    assert plain.exit_code == 0, plain.output
+    assert "secagg" not in plain.stdout

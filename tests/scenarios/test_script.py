@@ -108,3 +108,66 @@ def test_gpus_sampled_clients_and_a_url_run_dir(tiny_config, tmp_path):
     again = script("--gpus", "3,5")
     assert again.returncode == 0, again.stderr
     assert {line.split()[2] for line in log.read_text().splitlines()} == {"progress"}
+
+
+def test_secure_aggregation_rounds_resume_and_match_run_byte_for_byte(tiny_config, tmp_path, monkeypatch):
+    # Prepare: 4 clients, 2 rounds with secure aggregation; secrets under --secrets-root, outside run_dir
+    from supermask_cli import steps
+    from supermask_cli.config import load_config
+    from supermask_cli.steps import secure
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `supermask run` keeps its secrets under ~
+    config = tiny_config("threshold", federation={"num_clients": 4, "rounds": 2},
+                         secure_aggregation={"enabled": True, "threshold": 3})
+    run_dir = Path(yaml.safe_load(config.read_text())["run_dir"])
+    secrets = tmp_path / "secrets"
+    common = ("--config", str(config), "--jobs", "2", "--secrets-root", str(secrets))
+
+    # Execute: round 0's keys published (as if the script had been killed after that step) ...
+    cfg = load_config(config)
+    steps.init(cfg)
+    for c in range(4):
+        secure.publish_keys(cfg, c, 0, secrets=str(secrets / f"client-{c}"))
+    # ... then the script, which continues from what is in
+    result = run_script(*common, cwd=tmp_path)
+
+    # Assert: every step of both rounds ran once per client, secrets only under --secrets-root
+    assert result.returncode == 0, result.stderr
+    assert "round 0: secagg keys" not in result.stderr and "round 0: secagg shares of 4 client(s)" in result.stderr
+    assert "round 1: secagg keys of 4 client(s)" in result.stderr and "round 1: secagg unmask of 4 client(s)" in result.stderr
+    for rnd in range(3):
+        assert (run_dir / f"round_{rnd:03d}" / "metrics.json").is_file()
+    assert sorted(p.name for p in secrets.iterdir()) == [f"client-{c}" for c in range(4)]
+    assert not [p for p in run_dir.rglob("*") if "secret" in p.name or p.name.endswith(".key")]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*.safetensors")}
+    again = run_script(*common, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "== round" not in again.stderr and {p: p.read_bytes() for p in run_dir.rglob("*.safetensors")} == before
+
+    # Assert: the globals are `supermask run`'s: the same tensor bytes (the unmasked sum is exact) and
+    # the same metadata but for the digests of the uploads, whose one-time masks are fresh randomness
+    # (and so of the previous global, which lists them)
+    reference = tmp_path / "reference"
+    steps.run(load_config(config, [f"run_dir={reference}"]))
+    for rnd in (1, 2):
+        name = f"round_{rnd:03d}/global.safetensors"
+        ours, theirs = (run_dir / name).read_bytes(), (reference / name).read_bytes()
+        assert _without_upload_digests(ours) == _without_upload_digests(theirs), name
+
+
+def _without_upload_digests(blob: bytes) -> tuple[dict, bytes]:
+    """A safetensors file as (header without the upload and parent digests, tensor bytes)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    meta = json.loads(header["__metadata__"]["supermask"])
+    for client in meta["aggregation"]["clients"]:
+        assert len(client.pop("digest")) == 64
+    assert len(meta.pop("parent_digest")) == 64
+    header["__metadata__"]["supermask"] = meta
+    return header, blob[8 + size:]
+
+
+def test_secrets_root_without_secure_aggregation_exits_2(tiny_config, tmp_path):
+    config = tiny_config("threshold", federation={"rounds": 1})
+    result = run_script("--config", str(config), "--secrets-root", str(tmp_path / "s"), cwd=tmp_path)
+    assert result.returncode == 2 and "--secrets-root: the config has no secure aggregation" in result.stderr
