@@ -46,6 +46,14 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def carries(pid: int, tag: str) -> bool:
+    """Whether live process ``pid`` has ``TAG=tag`` in its environment."""
+    try:
+        return f"{TAG}={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def tagged(tag: str) -> dict[int, str]:
     """pid -> command line of every live process whose environment holds ``TAG=tag``."""
     found, needle = {}, f"{TAG}={tag}".encode()
@@ -109,6 +117,7 @@ class Deployment:
         self.events: list[dict] = []
         self.rss: dict[int, dict] = {}  # round -> {"peak_rss_kb", "hwm_kb", "server_pid"}
         self.attempts = 0
+        self._server: int | None = None
 
     def _round_done(self, rnd: int) -> bool:
         return (self.run_dir / f"round_{rnd + 1:03d}" / "global.safetensors").exists()
@@ -118,8 +127,22 @@ class Deployment:
         return sorted(p.name for p in folder.glob("client_*.safetensors")) if folder.is_dir() else []
 
     def _server_pid(self) -> int | None:
+        """The ServerApp's pid; the /proc scan runs only when the last one found is gone, so a poll
+        stays fast enough to see a round's uploads before its global."""
+        if self._server is not None and carries(self._server, self.tag):  # a zombie's environ reads empty
+            return self._server
         pids = [p for p, cmd in tagged(self.tag).items() if "flwr-serverapp" in cmd]
-        return pids[0] if pids else None
+        self._server = pids[0] if pids else None
+        return self._server
+
+    def _carry_forward(self, rnd: int) -> None:
+        """A planned kill whose round ended between two polls (uploads and global landed at once on a
+        loaded machine) moves to the current round, so every planned disturbance happens once."""
+        for r in [r for r in self.node_kills if r < rnd]:
+            victim = self.node_kills.pop(r)
+            self.node_kills.setdefault(rnd, victim)
+        if any(r < rnd for r in self.server_kills):
+            self.server_kills = {r for r in self.server_kills if r >= rnd} | {rnd}
 
     def _restart_node(self, client: int, restarted: list[int]) -> None:
         pid_file = self.run_dir / "flower" / "pids" / f"supernode_{client}.pid"
@@ -153,6 +176,7 @@ class Deployment:
                     if rss:
                         row.update(peak_rss_kb=max(row["peak_rss_kb"], rss), hwm_kb=hwm, server_pid=pid)
                 uploads = self._uploads(rnd) if rnd < self.rounds else []
+                self._carry_forward(rnd)
                 victim = self.node_kills.get(rnd)
                 if victim is not None and f"client_{victim:03d}.safetensors" in uploads:
                     del self.node_kills[rnd]

@@ -1,6 +1,8 @@
-"""Soak and restart, short (benchmarks/soak_flower.py, 3 rounds): a SuperNode SIGKILLed and
-restarted in round 1 and the ServerApp SIGKILLed mid-round 2 and the run restarted on its run_dir
+"""Soak and restart, short (benchmarks/soak_flower.py, 4 rounds): a SuperNode SIGKILLed and
+restarted (planned in round 1) and the ServerApp SIGKILLed mid-round (planned in round 2; a kill
+whose round ended between two polls moves to the next round) and the run restarted on its run_dir
 give every global byte for byte as an undisturbed run, and leave no process and no temporary file.
+Not in .ci/run: it takes 7-10 minutes of a 2-core machine.
 Needs the Flower environment (scripts/flower_env.sh): skipped without it, unless
 SUPERMASK_FLOWER_TESTS=1, where its absence is a failure."""
 
@@ -17,7 +19,7 @@ from supermask_cli import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SUPERMASK_FLOWER_VENV", REPO / ".venv-flower"))
-ROUNDS = 3
+ROUNDS = 4
 
 
 @pytest.fixture
@@ -46,11 +48,11 @@ def test_killed_supernode_and_serverapp_give_the_undisturbed_globals(flower_env,
     # Assert: both disturbances happened, the ServerApp's kill cost a restart
     disturbed = out["disturbed"]
     events = [(e["round"], e["event"]) for e in disturbed["events"]]
-    assert (1, "SuperNode 0 SIGKILLed and restarted") in events, events
-    assert (2, "ServerApp SIGKILLed") in events, events
+    assert [e for r, e in events if e == "SuperNode 0 SIGKILLed and restarted" and r >= 1] != [], events
+    assert [e for r, e in events if e == "ServerApp SIGKILLed" and r >= 2] != [], events
     assert disturbed["attempts"] >= 2 and out["undisturbed"]["attempts"] == 1
     kill = next(e for e in disturbed["events"] if e["event"] == "ServerApp SIGKILLed")
-    assert 0 < kill["uploads_then"] < 3  # mid-round: some uploads written, not all
+    assert 0 < kill["uploads_then"] <= 3  # mid-round: uploads written, the round's global not yet
     # every global, computed here from the files, byte for byte
     for rnd in range(ROUNDS + 1):
         name = f"round_{rnd:03d}/global.safetensors"
