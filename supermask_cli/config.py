@@ -86,6 +86,7 @@ class FederationConfig(_Section):
 
 class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)  # null: a batch in one pass; else length-sorted passes of this size
     max_steps: int | None = Field(None, ge=1)
     epochs: int = Field(1, ge=1)
     lr: float | None = Field(None, gt=0.0)

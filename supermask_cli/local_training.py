@@ -38,6 +38,7 @@ class TrainSettings:
     dropout: bool = True
     compile: bool = False
     logit_adjust: float = 0.0
+    micro_batch_size: int | None = None
 
 
 @dataclass
@@ -56,6 +57,21 @@ def batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator)
         perm = torch.randperm(n, generator=generator).numpy()
         batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
     return batches[:steps]
+
+
+def micro_batches(indices: np.ndarray, lengths: np.ndarray, size: int | None) -> list[np.ndarray]:
+    """A batch as passes of at most ``size`` examples (gradient accumulation), sorted by length so
+    that each pass pads to its own longest example: the same summed gradient with fewer padded
+    positions. ``size`` null or not below the batch: the batch as it is, in one pass."""
+    if size is None or len(indices) <= size:
+        return [indices]
+    ordered = indices[np.argsort(lengths[indices], kind="stable")]
+    return np.array_split(ordered, math.ceil(len(indices) / size))
+
+
+def text_lengths(examples: Examples) -> np.ndarray:
+    """Characters per example over its text fields: a tokenizer-free proxy for its token count."""
+    return np.array([sum(len(column[i]) for column in examples.texts) for i in range(len(examples))], dtype=np.int64)
 
 
 def planned_steps(n: int, batch_size: int, max_steps: int | None, epochs: int) -> int:
@@ -159,6 +175,7 @@ class TrainingState:
     loss_fn: object
     batches: list[np.ndarray]
     dp: PrivateStep | None
+    lengths: np.ndarray | None  # characters per example, when batches run as micro-batches
 
 
 def setup(
@@ -193,24 +210,32 @@ def setup(
         disable_dropout(model)
     for layer in layers.values():
         layer.compiled = settings.compile  # read only by bernoulli and threshold layers
+    lengths = text_lengths(examples) if settings.micro_batch_size is not None else None
     return TrainingState(model, tokenizer, examples, settings, device, amp, (mask_params, head_params), optimizers,
-                         schedulers, scaler, loss_fn, batches, dp)
+                         schedulers, scaler, loss_fn, batches, dp, lengths)
 
 
 def step(state: TrainingState, indices: np.ndarray) -> float | None:
     """One optimizer step on the batch at ``indices``: forward, loss, backward (DP-SGD's with
-    privacy), clipping, both optimizers and schedulers. Returns the loss (None for an empty
-    Poisson batch, whose gradient is noise alone)."""
+    privacy) per micro-batch (``train.micro_batch_size``; each pass's loss weighted by its share of
+    the batch, so the gradients add up to the batch mean's), clipping, both optimizers and
+    schedulers. Returns the loss (None for an empty Poisson batch, whose gradient is noise alone)."""
     s = state
     loss = None
     if len(indices):
-        batch = encode_batch(s.tokenizer, s.examples, indices, s.settings.max_length, s.device)
-        with autocast(s.device, s.amp):
-            loss = s.loss_fn(s.model, batch)
+        loss = 0.0
+        lengths = s.lengths if s.lengths is not None else np.zeros(0, dtype=np.int64)
+        for part in micro_batches(indices, lengths, s.settings.micro_batch_size):
+            batch = encode_batch(s.tokenizer, s.examples, part, s.settings.max_length, s.device)
+            with autocast(s.device, s.amp):
+                share = s.loss_fn(s.model, batch) * (len(part) / len(indices))
+            if s.dp is not None:
+                s.dp.accumulate(share, len(indices))
+            else:
+                s.scaler.scale(share).backward()
+            loss += float(share.detach())
     if s.dp is not None:
-        s.dp.backward(loss, len(indices))
-    else:
-        s.scaler.scale(loss).backward()
+        s.dp.finish(len(indices))
     if s.settings.max_grad_norm is not None:
         for opt, group in zip(s.optimizers, s.groups):
             s.scaler.unscale_(opt)
@@ -222,10 +247,9 @@ def step(state: TrainingState, indices: np.ndarray) -> float | None:
     s.scaler.update()
     if loss is None:
         return None
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training loss became {value}; lower train.lr or train.head_lr")
-    return value
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss}; lower train.lr or train.head_lr")
+    return loss
 
 
 def train_masks(

@@ -77,29 +77,46 @@ class PrivateStep:
         self.n = n
         self.generator = secret_generator(device)
         self.grads = PerExampleGrads(model) if privacy.max_grad_norm is not None else None
+        self.totals: dict[nn.Parameter, torch.Tensor] = {}  # clipped sums of the batch's passes so far
 
     def poisson_batches(self, steps: int) -> list[np.ndarray]:
         return poisson_batches(self.n, self.privacy.sample_rate, steps, secret_generator())
 
-    def backward(self, loss: torch.Tensor | None, count: int) -> None:
-        """``loss``: the batch's mean loss (None for an empty Poisson batch) over ``count`` examples."""
-        if loss is not None:
-            loss.backward()
+    def accumulate(self, loss: torch.Tensor, count: int) -> None:
+        """One pass's backward: ``loss`` is its examples' summed loss over ``count``, the whole
+        batch's size (a micro-batch's share of the batch mean); their clipped gradients join the sum."""
+        loss.backward()
         if self.grads is None:
-            return  # no clipping, no noise: the ordinary mean gradient
+            return  # no clipping: the ordinary mean gradient accumulates in .grad
         c = self.privacy.max_grad_norm
         assert c is not None
-        if count:
-            totals = self.grads.weighted_sums(clip_factors(self.grads.squared_norms(count).sqrt(), c), count)
-        else:
-            totals = {p: torch.zeros_like(p, dtype=torch.float32) for p in self.params}
+        sums = self.grads.weighted_sums(clip_factors(self.grads.squared_norms(count).sqrt(), c), count)
+        for p, total in sums.items():
+            self.totals[p] = total if p not in self.totals else self.totals[p] + total
+
+    def finish(self, count: int) -> None:
+        """The batch of ``count`` examples is done: each parameter's ``.grad`` becomes the noised
+        clipped sum over the Poisson batch's expected size (or ``count`` without Poisson sampling)."""
+        totals, self.totals = self.totals, {}
+        if self.grads is None:
+            return
+        c = self.privacy.max_grad_norm
+        assert c is not None
         denominator = self.privacy.sample_rate * self.n if self.privacy.poisson else max(count, 1)
         std = self.privacy.noise_multiplier * c
         for p in self.params:
-            total = totals[p]
+            total = totals.get(p, None)
+            if total is None:
+                total = torch.zeros_like(p, dtype=torch.float32)
             if std > 0:
                 total = add_noise(total, std, self.generator)
             p.grad = (total / denominator).to(p.dtype)
+
+    def backward(self, loss: torch.Tensor | None, count: int) -> None:
+        """``loss``: the batch's mean loss (None for an empty Poisson batch) over ``count`` examples."""
+        if loss is not None:
+            self.accumulate(loss, count)
+        self.finish(count)
 
     def close(self) -> None:
         if self.grads is not None:

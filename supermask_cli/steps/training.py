@@ -93,6 +93,7 @@ def train_settings(cfg: Config, seed: int) -> TrainSettings:
     """The local training loop's settings from the config's ``train`` section."""
     return TrainSettings(
         batch_size=cfg.train.batch_size,
+        micro_batch_size=cfg.train.micro_batch_size,
         max_steps=cfg.train.max_steps,
         epochs=cfg.train.epochs,
         lr=cfg.train.lr or DEFAULT_LR[cfg.mask.kind],
