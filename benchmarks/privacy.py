@@ -50,7 +50,7 @@ def make_config(run_dir: str, args, privacy: dict | None, clients: int):
                  "max_train_examples": args.train_examples},
         "mask": {"kind": args.kind},
         "federation": {"num_clients": clients, "rounds": args.rounds},
-        "train": {"batch_size": args.batch_size, "max_steps": args.steps, "device": "cpu", "head_lr": 3e-3},
+        "train": {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch, "max_steps": args.steps, "device": "cpu", "head_lr": 3e-3},
         "eval": {"batch_size": 64},
         "privacy": privacy or {},
     }
@@ -72,7 +72,7 @@ def step_ratio(args, root: str) -> dict:
     ratios = [d / p for d, p in zip(seconds["dp"], seconds["plain"])]
     return {"ratio_dp_over_plain": statistics.median(ratios), "paired_ratios": ratios,
             "seconds_per_step": {k: statistics.median(v) for k, v in seconds.items()},
-            "batch_size": args.batch_size, "max_length": args.max_length, "kind": args.kind, "steps": args.steps}
+            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch, "max_length": args.max_length, "kind": args.kind, "steps": args.steps}
 
 
 def client_table() -> list[dict]:
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--kind", default="threshold")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--micro-batch", type=int, default=None, help="train.micro_batch_size (default: one pass per batch)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
